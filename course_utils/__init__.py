@@ -1,0 +1,35 @@
+"""course_utils: layers, models, data, training and visualization for the vision-architectures course.
+
+Notebooks import what they need from here; each paper's model lives in ``course_utils.models.<paper>``.
+Names are imported on first use, so ``python -m course_utils run`` starts without loading Keras (the
+notebooks it runs choose their own backend).
+"""
+
+import importlib
+
+_PUBLIC = {
+    "Profile": "course_utils.training",
+    "describe_device": "course_utils.training",
+    "evaluate": "course_utils.training",
+    "report": "course_utils.training",
+    "select_profile": "course_utils.training",
+    "train": "course_utils.training",
+    "warmup_cosine": "course_utils.training",
+    "preprocessing": "course_utils.augment",
+    "count_flops": "course_utils.flops",
+    "setup": "course_utils.setup",
+    "load_cifar10": "course_utils.data",
+    "train_val_split": "course_utils.data",
+    "CLASS_NAMES": "course_utils.data",
+    "explore": "course_utils.viz",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'course_utils' has no attribute {name!r}")
+    # Importing the models package registers every custom layer, so saved course models always load.
+    importlib.import_module("course_utils.models")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,0 +1,78 @@
+"""Preprocessing and augmentation that run inside the model, on the accelerator.
+
+The models take the uint8 CIFAR-10 arrays directly: the first layers rescale to [0, 1], resize, crop and
+flip. Random parts are active only in training. Nothing here runs per-sample Python, so the input path is
+a plain array slice and never the bottleneck.
+"""
+
+import keras
+from keras import layers
+
+from course_utils.models.blocks import PACKAGE, require_positive_int
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RandomOrCenterCrop(layers.Layer):
+    """Random crop in training, centre crop at inference, so both paths give ``size x size`` images.
+
+    Keras's ``RandomCrop`` passes its input through unchanged at inference, which would hand the rest of
+    the model a different image size than in training. This layer makes the inference path explicit.
+
+    Shapes: ``(batch, height, width, channels)`` -> ``(batch, size, size, channels)``.
+    """
+
+    def __init__(self, size, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.size = require_positive_int("size", size)
+        self.seed = seed
+        self.random_crop = layers.RandomCrop(size, size, seed=seed)
+        self.center_crop = layers.CenterCrop(size, size)
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and (height < self.size or width < self.size):
+            raise ValueError(
+                f"Cannot crop {self.size}x{self.size} out of {height}x{width} images: resize to at least "
+                f"{self.size} pixels first."
+            )
+
+    def call(self, images, training=None):
+        if training:
+            return self.random_crop(images, training=True)
+        return self.center_crop(images)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, seed=self.seed)
+        return config
+
+
+def preprocessing(image_size=32, resize_to=None, flip=True, name="preprocessing"):
+    """Return the layers that turn uint8 images into the float images a model trains on.
+
+    ``rescale to [0, 1] -> resize to resize_to -> crop image_size (random in training, centre at
+    inference) -> random horizontal flip (training only)``.
+
+    Args:
+        image_size: side of the square images the model sees.
+        resize_to: side to resize to before cropping; the margin ``resize_to - image_size`` sets how far a
+            random crop can shift. Defaults to ``image_size + image_size // 8``.
+        flip: add a random horizontal flip.
+
+    Shapes: ``(batch, height, width, 3)`` uint8 -> ``(batch, image_size, image_size, 3)`` float32.
+    """
+    require_positive_int("image_size", image_size)
+    resize_to = image_size + image_size // 8 if resize_to is None else require_positive_int("resize_to", resize_to)
+    if resize_to < image_size:
+        raise ValueError(f"resize_to={resize_to} is smaller than image_size={image_size}: it must be at least as large.")
+    steps = [
+        layers.Rescaling(1.0 / 255.0, name="rescale"),
+        layers.Resizing(resize_to, resize_to, name="resize"),
+        RandomOrCenterCrop(image_size, name="crop"),
+    ]
+    if flip:
+        steps.append(layers.RandomFlip("horizontal", name="flip"))
+    return keras.Sequential(steps, name=name)

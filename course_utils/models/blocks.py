@@ -1,0 +1,318 @@
+"""Building blocks shared by several papers.
+
+Every layer here builds its weights lazily in ``build``, returns every constructor argument from
+``get_config``, and uses only ``keras.ops`` so it runs on TensorFlow, JAX and PyTorch.
+"""
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "course_utils"
+
+
+# --------------------------------------------------------------------------------------------
+# Argument validation: every constructor checks its arguments at once, with a message that
+# says how to fix them, instead of failing later deep inside a matrix multiply.
+# --------------------------------------------------------------------------------------------
+def require_positive_int(name, value):
+    """Raise a ValueError unless ``value`` is an int greater than zero."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def require_rate(name, value):
+    """Raise a ValueError unless ``0 <= value < 1`` (dropout-style probabilities)."""
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def require_divisible(name, value, divisor_name, divisor):
+    """Raise a ValueError unless ``divisor`` divides ``value``, naming both and the fix."""
+    if value % divisor != 0:
+        lower = value - value % divisor
+        raise ValueError(
+            f"`{name}`={value} is not divisible by `{divisor_name}`={divisor}. "
+            f"Choose values so that {name} % {divisor_name} == 0 "
+            f"(for example {name}={lower or divisor} or {name}={lower + divisor})."
+        )
+    return value
+
+
+def require_image_shape(layer_name, input_shape, expected_hw=None):
+    """Check a ``(batch, height, width, channels)`` input shape and, if given, its spatial size."""
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{layer_name} expects images shaped (batch, height, width, channels), "
+            f"got shape {tuple(input_shape)}."
+        )
+    if expected_hw is not None:
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and (height, width) != tuple(expected_hw):
+            raise ValueError(
+                f"{layer_name} was configured for {expected_hw[0]}x{expected_hw[1]} images but received "
+                f"{height}x{width}. Resize the images (see course_utils.augment) or build the model "
+                f"with image_size={height}."
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLP(layers.Layer):
+    """Two-layer feed-forward network of a Transformer block: Dense -> GELU -> Dense.
+
+    Args:
+        hidden_units: width of the hidden layer.
+        output_units: width of the output; ``None`` keeps the input width.
+        dropout_rate: dropout after each Dense layer.
+
+    Shapes: ``(..., channels)`` -> ``(..., output_units or channels)``.
+
+    Example:
+    >>> MLP(hidden_units=256)(keras.ops.ones((2, 16, 64))).shape
+    (2, 16, 64)
+    """
+
+    def __init__(self, hidden_units, output_units=None, dropout_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = require_positive_int("hidden_units", hidden_units)
+        self.output_units = None if output_units is None else require_positive_int("output_units", output_units)
+        self.dropout_rate = require_rate("dropout_rate", dropout_rate)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.hidden = layers.Dense(self.hidden_units, activation="gelu", name="hidden")
+        self.hidden.build(input_shape)
+        self.project = layers.Dense(self.output_units or channels, name="project")
+        self.project.build(tuple(input_shape[:-1]) + (self.hidden_units,))
+        self.dropout = layers.Dropout(self.dropout_rate)
+
+    def call(self, x, training=None):
+        x = self.dropout(self.hidden(x), training=training)
+        return self.dropout(self.project(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_units or input_shape[-1],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_units=self.hidden_units, output_units=self.output_units, dropout_rate=self.dropout_rate
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchEmbedding(layers.Layer):
+    """Cut an image into non-overlapping square patches and project each to ``embed_dim``.
+
+    A strided convolution does both at once: kernel = stride = ``patch_size``.
+
+    Args:
+        patch_size: side of a square patch in pixels; must divide the image size.
+        embed_dim: channels of each patch token.
+        flatten: return ``(batch, tokens, embed_dim)`` if True, else the grid
+            ``(batch, height / patch_size, width / patch_size, embed_dim)``.
+
+    Shapes: ``(batch, height, width, channels)`` -> see ``flatten``.
+    """
+
+    def __init__(self, patch_size, embed_dim, flatten=True, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = require_positive_int("patch_size", patch_size)
+        self.embed_dim = require_positive_int("embed_dim", embed_dim)
+        self.flatten = bool(flatten)
+
+    def build(self, input_shape):
+        require_image_shape(self.__class__.__name__, input_shape)
+        for side_name, side in (("height", input_shape[1]), ("width", input_shape[2])):
+            if side is not None and side % self.patch_size != 0:
+                raise ValueError(
+                    f"patch_size={self.patch_size} does not divide the image {side_name} ({side}). "
+                    f"Pick a patch size that divides {side} (for example "
+                    f"{', '.join(str(d) for d in range(2, side + 1) if side % d == 0)}) or resize the images."
+                )
+        self.projection = layers.Conv2D(
+            self.embed_dim, self.patch_size, strides=self.patch_size, padding="valid", name="projection"
+        )
+        self.projection.build(input_shape)
+
+    def call(self, images):
+        grid = self.projection(images)
+        if not self.flatten:
+            return grid
+        batch = ops.shape(grid)[0]
+        return ops.reshape(grid, (batch, -1, self.embed_dim))
+
+    def compute_output_shape(self, input_shape):
+        height = None if input_shape[1] is None else input_shape[1] // self.patch_size
+        width = None if input_shape[2] is None else input_shape[2] // self.patch_size
+        if not self.flatten:
+            return (input_shape[0], height, width, self.embed_dim)
+        tokens = None if height is None or width is None else height * width
+        return (input_shape[0], tokens, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, embed_dim=self.embed_dim, flatten=self.flatten)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PositionEmbedding(layers.Layer):
+    """Add a learned position vector to every token.
+
+    Shapes: ``(batch, tokens, channels)`` -> same. The number of tokens is fixed at build time.
+    """
+
+    def __init__(self, initializer_stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_stddev = float(initializer_stddev)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] is None:
+            raise ValueError(
+                f"PositionEmbedding expects (batch, tokens, channels) with a known number of tokens, "
+                f"got {tuple(input_shape)}."
+            )
+        self.embedding = self.add_weight(
+            name="embedding",
+            shape=(1, input_shape[1], input_shape[2]),
+            initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_stddev),
+        )
+
+    def call(self, tokens):
+        return tokens + ops.cast(self.embedding, tokens.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initializer_stddev=self.initializer_stddev)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LayerScale(layers.Layer):
+    """Multiply every channel by a learned scalar initialised small (CaiT, Touvron et al. 2021).
+
+    ``y = gamma * x`` with ``gamma`` a vector of ``channels`` values, all ``init_value`` at the start,
+    so a freshly initialised residual branch barely perturbs the identity path.
+
+    Shapes: ``(..., channels)`` -> same.
+    """
+
+    def __init__(self, init_value=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(init_value, (int, float)) or init_value <= 0:
+            raise ValueError(f"`init_value` must be a positive number, got {init_value!r}.")
+        self.init_value = float(init_value)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            name="gamma", shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.init_value)
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(init_value=self.init_value)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StochasticDepth(layers.Layer):
+    """Drop a whole residual branch per sample during training (Huang et al., 2016).
+
+    In training each sample's branch is zeroed with probability ``rate`` and the survivors are scaled
+    by ``1 / (1 - rate)``; at inference the branch passes through unchanged.
+
+    Shapes: ``(batch, ...)`` -> same.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = require_rate("rate", rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask_shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = keras.random.uniform(mask_shape, seed=self.seed_generator, dtype=x.dtype) < keep
+        return ops.where(mask, x / keep, ops.zeros_like(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TransformerBlock(layers.Layer):
+    """Pre-norm Transformer encoder block: ``x + MHSA(LN(x))`` then ``x + MLP(LN(x))``.
+
+    Each head attends with ``embed_dim / num_heads`` channels, so the block costs the same for any number
+    of heads.
+
+    Args:
+        num_heads: attention heads; must divide the input width.
+        mlp_ratio: hidden width of the MLP as a multiple of the input width.
+        dropout_rate: dropout on the attention weights and inside the MLP.
+        layer_norm_epsilon: epsilon of both LayerNorms.
+
+    Call returns ``(outputs, attention_scores)``.
+    Shapes: ``(batch, tokens, channels)`` -> ``(batch, tokens, channels)``,
+    scores ``(batch, num_heads, tokens, tokens)``.
+    """
+
+    def __init__(self, num_heads, mlp_ratio=2.0, dropout_rate=0.0, layer_norm_epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = require_positive_int("num_heads", num_heads)
+        if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f"`mlp_ratio` must be a positive number, got {mlp_ratio!r}.")
+        self.mlp_ratio = float(mlp_ratio)
+        self.dropout_rate = require_rate("dropout_rate", dropout_rate)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        require_divisible("embed_dim (the input width)", channels, "num_heads", self.num_heads)
+        self.attention_norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
+        self.attention_norm.build(input_shape)
+        self.attention = layers.MultiHeadAttention(
+            self.num_heads, channels // self.num_heads, dropout=self.dropout_rate, name="attention"
+        )
+        self.attention.build(input_shape, input_shape)
+        self.mlp_norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="mlp_norm")
+        self.mlp_norm.build(input_shape)
+        self.mlp = MLP(int(channels * self.mlp_ratio), dropout_rate=self.dropout_rate, name="mlp")
+        self.mlp.build(input_shape)
+
+    def call(self, x, training=None):
+        normed = self.attention_norm(x)
+        attended, scores = self.attention(
+            normed, normed, return_attention_scores=True, training=training
+        )
+        x = x + attended
+        x = x + self.mlp(self.mlp_norm(x), training=training)
+        return x, scores
+
+    def compute_output_shape(self, input_shape):
+        tokens = input_shape[1]
+        return tuple(input_shape), (input_shape[0], self.num_heads, tokens, tokens)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+        return config

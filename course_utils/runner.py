@@ -1,0 +1,174 @@
+"""Run the course's notebooks with papermill and summarise what each one measured.
+
+``python -m course_utils run [--profile P] [--backend B] [notebooks ...]`` executes each notebook into a
+fresh run folder (the committed notebooks are never touched), prints a progress line per notebook, and
+prints and saves a summary table: notebook, profile, backend, device, test accuracy, training time,
+parameter count, status. A failing notebook is reported with the cell that failed, and the others
+still run; the exit status is non-zero if any failed.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import pathlib
+import sys
+import time
+
+from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
+
+BACKENDS = ("tensorflow", "jax", "torch")
+COLUMNS = (
+    ("notebook", "notebook"),
+    ("profile", "profile"),
+    ("backend", "backend"),
+    ("device", "device"),
+    ("test_accuracy", "test accuracy"),
+    ("train_seconds", "training time"),
+    ("parameters", "parameters"),
+    ("wall_seconds", "wall time"),
+    ("status", "status"),
+)
+
+
+def find_notebooks(paths):
+    """Expand the command line's notebook arguments (files, folders, globs) into a sorted list."""
+    if not paths:
+        paths = ["notebooks"]
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found.extend(sorted(glob.glob(os.path.join(path, "[0-9]*.ipynb"))))
+        elif any(char in path for char in "*?["):
+            found.extend(sorted(glob.glob(path)))
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(
+                f"No notebook at {path!r}. Run from the course's folder (where notebooks/ is) or pass notebook paths."
+            )
+    if not found:
+        raise FileNotFoundError(f"No notebooks found in {paths}.")
+    return found
+
+
+def read_results(notebook_path):
+    """The records a notebook published with ``course_utils.report`` (a list, possibly empty)."""
+    with open(notebook_path, encoding="utf-8") as handle:
+        notebook = json.load(handle)
+    records = []
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            record = output.get("data", {}).get(RESULT_MIMETYPE)
+            if record:
+                records.append(record)
+    return records
+
+
+def describe_failure(error):
+    """One line naming the failed cell and the exception, from a papermill error or any other."""
+    cell = getattr(error, "exec_count", None) or getattr(error, "cell_index", None)
+    name = getattr(error, "ename", type(error).__name__)
+    value = str(getattr(error, "evalue", error)).strip().splitlines()
+    where = f"cell {cell}: " if cell is not None else ""
+    return f"failed at {where}{name}: {value[0] if value else ''}"[:200]
+
+
+def run_notebook(notebook, output_path, profile, backend, timeout=None):
+    """Execute one notebook with papermill; return a summary row (a dict)."""
+    import papermill
+
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ["COURSE_UTILS_STATIC"] = "1"
+    os.environ.setdefault("COURSE_BACKUP_DIR", str(output_path.parent / "backup"))
+    start = time.perf_counter()
+    row = {"notebook": pathlib.Path(notebook).stem, "profile": profile, "backend": backend}
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output_path),
+            parameters={"profile": profile},
+            cwd=str(output_path.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+        row["status"] = "ok"
+    except Exception as error:  # a failing notebook must not stop the others
+        row["status"] = describe_failure(error)
+    row["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if output_path.exists():
+        results = read_results(output_path)
+        if results:
+            row.update({key: value for key, value in results[-1].items() if key in dict(COLUMNS)})
+            row["notebook"] = pathlib.Path(notebook).stem
+    return row
+
+
+def format_cell(key, value):
+    if value is None:
+        return "-"
+    if key == "test_accuracy":
+        return f"{100 * value:.1f}%"
+    if key in ("train_seconds", "wall_seconds"):
+        return f"{value:.0f} s"
+    if key == "parameters":
+        return f"{value:,}"
+    return str(value)
+
+
+def summary_table(rows):
+    """A Markdown table of the rows."""
+    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        lines.append("| " + " | ".join(format_cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout=None):
+    """Run ``notebooks`` and return ``(rows, run_folder)``."""
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"Unknown profile {profile!r}: choose one of {PROFILE_NAMES}.")
+    backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}: choose one of {BACKENDS}.")
+    notebooks = find_notebooks(notebooks)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = pathlib.Path(output_root) / f"{stamp}-{profile}-{backend}"
+    folder.mkdir(parents=True, exist_ok=False)
+    print(f"Running {len(notebooks)} notebook(s), profile {profile}, backend {backend}, into {folder}", flush=True)
+    rows = []
+    for number, notebook in enumerate(notebooks, start=1):
+        name = pathlib.Path(notebook).name
+        print(f"[{number}/{len(notebooks)}] {name} ...", end=" ", flush=True)
+        row = run_notebook(notebook, folder / name, profile, backend, timeout)
+        rows.append(row)
+        accuracy = "" if row.get("test_accuracy") is None else f", test accuracy {100 * row['test_accuracy']:.1f}%"
+        print(f"{row['status']} ({row['wall_seconds']:.0f} s{accuracy})", flush=True)
+    table = summary_table(rows)
+    (folder / "summary.md").write_text(table + "\n", encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    print()
+    print(table)
+    print(f"\nSaved {folder / 'summary.md'} and the executed notebooks in {folder}.")
+    return rows, folder
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m course_utils", description="Tools for the vision course.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="execute notebooks with papermill and summarise the results")
+    run_parser.add_argument("notebooks", nargs="*", help="notebooks or folders (default: notebooks/)")
+    run_parser.add_argument("--profile", default="workshop", choices=PROFILE_NAMES)
+    run_parser.add_argument("--backend", default=None, choices=BACKENDS, help="default: $KERAS_BACKEND or tensorflow")
+    run_parser.add_argument("--output", default="runs", help="folder that receives one run folder per run")
+    run_parser.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+    try:
+        rows, _ = run(args.notebooks, args.profile, args.backend, args.output, args.timeout)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if all(row["status"] == "ok" for row in rows) else 1

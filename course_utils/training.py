@@ -1,0 +1,207 @@
+"""Profiles, the learning-rate schedule, the fit helper and result reporting.
+
+Every notebook trains with the same few lines::
+
+    profile = select_profile(token_learner.PROFILES, "workshop")
+    result = train(model, (x_train, y_train), (x_val, y_val), profile, run_name="vit")
+    test_accuracy = evaluate(model, x_test, y_test, profile)
+"""
+
+import dataclasses
+import math
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+
+from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How much to train: a plain record a notebook can print.
+
+    Attributes:
+        name: ``smoke`` (CI, well under a minute of training on a 2-core CPU), ``workshop`` (at most six
+            minutes end to end on a 2-core CPU) or ``full`` (the paper example's configuration, for a GPU).
+        epochs: passes over the training subset.
+        batch_size: images per step.
+        train_samples: how many of the 40,000 training images to use (``None``: all).
+        eval_samples: how many validation and test images to evaluate on (``None``: all).
+        learning_rate: peak learning rate reached after warmup.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: epochs of linear warmup before the cosine decay (may be fractional).
+        model: keyword arguments for the notebook's model builder.
+        note: one line on where the numbers come from.
+    """
+
+    name: str
+    epochs: int
+    batch_size: int
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    model: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self):
+        if self.name not in PROFILE_NAMES:
+            raise ValueError(f"Profile name must be one of {PROFILE_NAMES}, got {self.name!r}.")
+        for field in ("epochs", "batch_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Profile `{field}` must be a positive integer, got {value!r}.")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must lie between 0 and epochs={self.epochs}.")
+
+    def describe(self):
+        """A short multi-line text for printing in a notebook."""
+        lines = [f"profile {self.name}: {self.note}".rstrip(": ")]
+        for field in dataclasses.fields(self):
+            if field.name not in ("name", "note"):
+                lines.append(f"  {field.name:15s} {getattr(self, field.name)}")
+        return "\n".join(lines)
+
+
+def select_profile(profiles, name):
+    """Return ``profiles[name]`` with a helpful error for an unknown name."""
+    if name not in profiles:
+        raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(profiles)}.")
+    return profiles[name]
+
+
+def warmup_cosine(learning_rate, total_steps, warmup_steps=0, final_fraction=0.0):
+    """Linear warmup from 0 to ``learning_rate``, then cosine decay to ``final_fraction * learning_rate``.
+
+    This is Keras's own ``CosineDecay`` with its built-in warmup; the arguments are just named the way the
+    papers describe their schedules.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}.")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}).")
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=final_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=total_steps - warmup_steps,
+        alpha=final_fraction,
+        warmup_target=learning_rate,
+        warmup_steps=warmup_steps,
+    )
+
+
+def steps_per_epoch(num_samples, batch_size):
+    return math.ceil(num_samples / batch_size)
+
+
+def compile_for_profile(model, profile, num_samples):
+    """Compile ``model`` (which outputs logits) with AdamW and the warmup-cosine schedule of ``profile``."""
+    per_epoch = steps_per_epoch(num_samples, profile.batch_size)
+    total = per_epoch * profile.epochs
+    warmup = min(int(profile.warmup_epochs * per_epoch), total - 1)
+    schedule = warmup_cosine(profile.learning_rate, total, warmup)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=profile.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What ``train`` returns: the per-epoch history and the wall-clock training time."""
+
+    history: dict
+    seconds: float
+    epochs: int
+
+
+def train(model, train_data, val_data, profile, run_name, backup_root=None, callbacks=(), verbose="auto"):
+    """Compile and fit ``model`` on uint8 arrays according to ``profile``.
+
+    ``keras.callbacks.BackupAndRestore`` keeps a backup under ``backup_root/run_name`` after every epoch, so
+    re-running this call after a disconnect (a Colab session that dropped) resumes from the last finished
+    epoch instead of starting over. The backup is deleted when training completes.
+
+    Args:
+        model: a model that maps uint8 images to logits.
+        train_data, val_data: ``(images, labels)`` tuples of numpy arrays.
+        profile: a :class:`Profile`.
+        run_name: names the backup folder; use one per model in a notebook.
+        backup_root: where backups live (default: env ``COURSE_BACKUP_DIR`` or ``./backup``).
+        callbacks: extra Keras callbacks.
+    """
+    x_train, y_train = train_data
+    compile_for_profile(model, profile, len(x_train))
+    backup_root = backup_root or os.environ.get("COURSE_BACKUP_DIR", "backup")
+    backup = keras.callbacks.BackupAndRestore(os.path.join(backup_root, run_name))
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        batch_size=profile.batch_size,
+        epochs=profile.epochs,
+        validation_data=val_data,
+        callbacks=[backup, *callbacks],
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    return TrainingResult(history=dict(history.history), seconds=seconds, epochs=profile.epochs)
+
+
+def evaluate(model, images, labels, batch_size=256):
+    """Top-1 accuracy of a logits model on uint8 ``images``, as a float in [0, 1]."""
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1)))
+
+
+def describe_device():
+    """One line naming the accelerator (or CPU) the current Keras backend computes on."""
+    devices = keras.distribution.list_devices()
+    kind = devices[0].split(":")[0].lower() if devices else "cpu"
+    if kind == "cpu":
+        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    backend = keras.backend.backend()
+    name = kind.upper()
+    if backend == "jax":
+        import jax
+
+        name = jax.devices()[0].device_kind
+    elif backend == "torch":
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+    return f"{len(devices)} x {name}" if len(devices) > 1 else name
+
+
+def report(notebook, profile, test_accuracy, train_seconds, parameters, **extra):
+    """Publish a notebook's headline numbers so the course runner can put them in its summary table.
+
+    Displays a small table and attaches the same numbers as a machine-readable output
+    (mimetype ``application/vnd.course-utils.result+json``) that the runner reads back.
+    """
+    record = {
+        "notebook": notebook,
+        "profile": profile.name if isinstance(profile, Profile) else str(profile),
+        "backend": keras.backend.backend(),
+        "device": describe_device(),
+        "test_accuracy": round(float(test_accuracy), 4),
+        "train_seconds": round(float(train_seconds), 1),
+        "parameters": int(parameters),
+        **extra,
+    }
+    text = "\n".join(f"{key:15s} {value}" for key, value in record.items())
+    try:
+        from IPython.display import display
+
+        display({RESULT_MIMETYPE: record, "text/plain": text}, raw=True)
+    except ImportError:
+        print(text)
+    return record

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Build the separate environment in which the timm parity tests run.
+#
+# timm imports torchvision when it is imported, and PyPI's torchvision only works with PyPI's default
+# torch build, not with the CPU-only torch the main test environment uses. So the parity tests get a
+# virtual environment of their own: Keras on the PyTorch backend next to real timm + torchvision.
+# Usage: bash scripts/make_parity_env.sh [VENV_DIR]   (default .venv-parity)
+set -euo pipefail
+venv=${1:-.venv-parity}
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q "timm==1.0.31" "torchvision==0.29.2" "keras==3.15.1" numpy pillow pytest
+"$venv/bin/python" -m pip install -q --no-deps -e .
+"$venv/bin/python" -c "import timm, torch, torchvision, keras; print('parity env ready: timm', timm.__version__, 'torch', torch.__version__, 'keras', keras.__version__)"

@@ -1,0 +1,51 @@
+import keras
+import numpy as np
+import pytest
+from helpers import check_layer
+
+from course_utils.augment import RandomOrCenterCrop, preprocessing
+
+
+def uint8_images(batch=4, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def test_crop_layer(tmp_path):
+    check_layer(RandomOrCenterCrop, {"size": 6, "seed": 1}, (2, 8, 8, 3), (2, 6, 6, 3), tmp_path)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_training_and_inference_give_the_same_size(training):
+    layers = preprocessing(image_size=48, resize_to=52)
+    out = keras.ops.convert_to_numpy(layers(uint8_images(), training=training))
+    assert out.shape == (4, 48, 48, 3)
+    assert out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_inference_is_deterministic_and_training_is_random():
+    layers = preprocessing(image_size=32)
+    images = uint8_images(batch=8)
+    first = keras.ops.convert_to_numpy(layers(images, training=False))
+    np.testing.assert_array_equal(first, keras.ops.convert_to_numpy(layers(images, training=False)))
+    augmented = keras.ops.convert_to_numpy(layers(images, training=True))
+    assert not np.allclose(augmented, first)
+
+
+def test_model_fits_uint8_arrays_directly(tmp_path):
+    images = keras.Input((32, 32, 3), dtype="uint8")
+    x = preprocessing(image_size=24, resize_to=28)(images)
+    x = keras.layers.Conv2D(4, 3)(x)
+    logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(images, logits)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(uint8_images(8), np.arange(8).reshape(8, 1), epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert model.predict(uint8_images(3), verbose=0).shape == (3, 10)
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="smaller than image_size"):
+        preprocessing(image_size=32, resize_to=30)
+    with pytest.raises(ValueError, match="resize to at least 8"):
+        RandomOrCenterCrop(8)(np.zeros((1, 6, 6, 3), "float32"))

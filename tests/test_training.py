@@ -1,0 +1,93 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from course_utils import training
+from course_utils.constants import RESULT_MIMETYPE
+from course_utils.models import token_learner
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_the_floor():
+    schedule = training.warmup_cosine(1e-3, total_steps=100, warmup_steps=10, final_fraction=0.1)
+    rates = np.array([float(keras.ops.convert_to_numpy(schedule(step))) for step in range(0, 101, 5)])
+    np.testing.assert_allclose(rates[1], 0.5e-3, rtol=1e-5)  # half-way through the warmup
+    np.testing.assert_allclose(rates[2], 1e-3, rtol=1e-5)  # peak at the end of warmup
+    assert np.all(np.diff(rates[2:]) <= 1e-12)  # then never rises
+    np.testing.assert_allclose(rates[-1], 1e-4, rtol=1e-4)  # final_fraction of the peak
+
+
+def test_warmup_cosine_without_warmup_starts_at_peak():
+    schedule = training.warmup_cosine(2e-3, total_steps=10)
+    assert float(keras.ops.convert_to_numpy(schedule(0))) == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("kwargs", [dict(total_steps=0), dict(total_steps=10, warmup_steps=10)])
+def test_warmup_cosine_rejects_bad_steps(kwargs):
+    with pytest.raises(ValueError, match="steps"):
+        training.warmup_cosine(1e-3, **kwargs)
+
+
+def test_profiles_are_validated_and_printable():
+    with pytest.raises(ValueError, match="smoke"):
+        training.Profile(name="fast", epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="epochs"):
+        training.Profile(name="smoke", epochs=0, batch_size=2)
+    text = token_learner.PROFILES["workshop"].describe()
+    assert "workshop" in text and "batch_size" in text
+    with pytest.raises(ValueError, match="choose one of"):
+        training.select_profile(token_learner.PROFILES, "huge")
+
+
+def tiny_model():
+    images = keras.Input((8, 8, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(images)
+    logits = keras.layers.Dense(3)(keras.layers.Flatten()(x))
+    return keras.Model(images, logits)
+
+
+def test_train_resumes_from_backup_and_cleans_up(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, (16, 1))
+    profile = training.Profile(name="smoke", epochs=3, batch_size=8, warmup_epochs=1)
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt  # a disconnect in the middle of training
+
+    model = tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(model, (x, y), (x, y), profile, "run", backup_root=tmp_path, callbacks=[StopAfterFirstEpoch()], verbose=0)
+    assert os.listdir(tmp_path / "run"), "no backup was written after the first epoch"
+
+    result = training.train(tiny_model(), (x, y), (x, y), profile, "run", backup_root=tmp_path, verbose=0)
+    assert len(result.history["loss"]) == 2  # resumed: only the two missing epochs ran
+    assert result.seconds > 0
+    assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")
+
+
+def test_evaluate_is_top1_accuracy():
+    model = tiny_model()
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    predicted = int(np.argmax(model.predict(images, verbose=0)[0]))
+    labels = np.array([[predicted], [predicted], [(predicted + 1) % 3], [predicted]])
+    assert training.evaluate(model, images, labels) == pytest.approx(0.75)
+
+
+def test_report_publishes_a_record_the_runner_can_read(capsys, monkeypatch):
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    record = training.report("01_x", token_learner.PROFILES["smoke"], 0.4321, 12.34, 1000, extra_metric=1)
+    assert record["profile"] == "smoke" and record["backend"] == keras.backend.backend()
+    assert shown and json.loads(json.dumps(shown[0][RESULT_MIMETYPE])) == record
+    assert "0.4321" in shown[0]["text/plain"]
+
+
+def test_describe_device_names_the_cpu():
+    assert "CPU" in training.describe_device() or "gpu" in training.describe_device().lower()

@@ -71,7 +71,7 @@ def describe_failure(error):
     cell = getattr(error, "exec_count", None) or getattr(error, "cell_index", None)
     name = getattr(error, "ename", type(error).__name__)
     value = str(getattr(error, "evalue", error)).strip().splitlines()
-    where = f"cell {cell}: " if cell is not None else ""
+    where = f"cell In [{cell}]: " if cell is not None else ""
     return f"failed at {where}{name}: {value[0] if value else ''}"[:200]
 
 
@@ -80,7 +80,9 @@ def run_notebook(notebook, output_path, profile, backend, timeout=None):
     import papermill
 
     os.environ["KERAS_BACKEND"] = backend
+    # No widget frontend: explorers draw static figures, and papermill stores no widget state.
     os.environ["COURSE_UTILS_STATIC"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up log out of the outputs
     os.environ.setdefault("COURSE_BACKUP_DIR", str(output_path.parent / "backup"))
     start = time.perf_counter()
     row = {"notebook": pathlib.Path(notebook).stem, "profile": profile, "backend": backend}

@@ -29,7 +29,8 @@ class Profile:
         epochs: passes over the training subset.
         batch_size: images per step.
         train_samples: how many of the 40,000 training images to use (``None``: all).
-        eval_samples: how many validation and test images to evaluate on (``None``: all).
+        eval_samples: how many of the 10,000 validation images to evaluate after each epoch (``None``: all).
+        test_samples: how many of the 10,000 test images the final accuracy uses (``None``: all).
         learning_rate: peak learning rate reached after warmup.
         weight_decay: AdamW weight decay.
         warmup_epochs: epochs of linear warmup before the cosine decay (may be fractional).
@@ -42,6 +43,7 @@ class Profile:
     batch_size: int
     train_samples: int | None = None
     eval_samples: int | None = None
+    test_samples: int | None = None
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
@@ -73,6 +75,22 @@ def select_profile(profiles, name):
     if name not in profiles:
         raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(profiles)}.")
     return profiles[name]
+
+
+def profile_data(profile, source=None):
+    """Load CIFAR-10 and cut it as ``profile`` says: ``(train, validation, test)`` pairs of uint8 arrays.
+
+    The validation set is the last 10,000 training images, as in the reference examples; ``train_samples``,
+    ``eval_samples`` and ``test_samples`` then take the first images of each part.
+    """
+    from course_utils.data import load_cifar10, subset, train_val_split
+
+    (x_train, y_train), (x_test, y_test) = load_cifar10(source)
+    train, val = train_val_split(x_train, y_train)
+    cuts = (profile.train_samples, profile.eval_samples, profile.test_samples)
+    return tuple(
+        part if size is None else subset(*part, size) for part, size in zip((train, val, (x_test, y_test)), cuts)
+    )
 
 
 def warmup_cosine(learning_rate, total_steps, warmup_steps=0, final_fraction=0.0):

@@ -261,7 +261,8 @@ def visualization_model(model):
 
 def analyze(viz_model, images):
     """Probabilities and token maps for :func:`course_utils.viz.explore`."""
-    outputs = viz_model.predict(images, verbose=0)
+    # A direct call, not predict(): the explorer sends batches of varying size, which predict would retrace.
+    outputs = viz_model(images, training=False)
     probabilities = ops.convert_to_numpy(ops.softmax(outputs["logits"], axis=-1))
     return probabilities, {"token": ops.convert_to_numpy(outputs["token_attention"])}
 
@@ -277,6 +278,7 @@ PROFILES = {
         batch_size=64,
         train_samples=512,
         eval_samples=256,
+        test_samples=1000,
         model=dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, dropout_rate=0.0),
         note="tiny model, 512 images: proves the notebook runs",
     ),

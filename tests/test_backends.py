@@ -1,0 +1,46 @@
+"""Re-run the layer and model tests on the two Keras backends this process is not using.
+
+Keras fixes its backend when it is first imported, so each other backend gets a pytest subprocess with
+``KERAS_BACKEND`` set. The subprocess's own summary is shown when it fails.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from course_utils.runner import BACKENDS
+
+TESTS = pathlib.Path(__file__).resolve().parent
+# Tests that never touch a backend (data, plots, runner, notebooks) or that need their own environment.
+BACKEND_FREE = {"test_backends.py", "test_data.py", "test_viz.py", "test_runner.py", "test_notebooks.py"}
+UNIT_TESTS = sorted(
+    path.name for path in TESTS.glob("test_*.py") if path.name not in BACKEND_FREE and not path.name.startswith("test_parity")
+)
+OTHER_BACKENDS = [backend for backend in BACKENDS if backend != keras.backend.backend()]
+
+
+def test_unit_test_files_are_found():
+    assert "test_blocks.py" in UNIT_TESTS and "test_token_learner.py" in UNIT_TESTS
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_layer_and_model_tests_pass_on(backend):
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *UNIT_TESTS],
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    summary = completed.stdout[-4000:]
+    assert completed.returncode == 0, f"tests failed on {backend}:\n{summary}"
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) > 0, f"no test ran on {backend}:\n{summary}"
+    assert "skipped" not in summary.splitlines()[-1], f"tests were skipped on {backend}:\n{summary}"
+    print(f"{backend}: {summary.strip().splitlines()[-1]}")

@@ -1,0 +1,73 @@
+"""The runner on small stand-in notebooks (no training), so its behaviour is checked in seconds."""
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course_utils import runner
+from course_utils.constants import RESULT_MIMETYPE
+
+
+def write_notebook(path, body):
+    parameters = new_code_cell('profile = "workshop"')
+    parameters.metadata["tags"] = ["parameters"]
+    notebook = new_notebook(cells=[parameters, *(new_code_cell(source) for source in body)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def reporting_cell(accuracy):
+    record = {"notebook": "x", "profile": "{profile}", "backend": "numpy", "device": "CPU", "test_accuracy": accuracy,
+              "train_seconds": 1.5, "parameters": 123}
+    return (
+        "from IPython.display import display\n"
+        f"record = {json.dumps(record)}\n"
+        "record['profile'] = profile\n"
+        f"display({{'{RESULT_MIMETYPE}': record, 'text/plain': str(record)}}, raw=True)"
+    )
+
+
+@pytest.fixture
+def notebooks(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    good = write_notebook(folder / "01_good.ipynb", [reporting_cell(0.5)])
+    bad = write_notebook(folder / "02_bad.ipynb", ["x = 1", "raise RuntimeError('the data is missing')"])
+    later = write_notebook(folder / "03_later.ipynb", [reporting_cell(0.75)])
+    return folder, (good, bad, later)
+
+
+def test_runner_reports_failures_and_runs_the_rest(notebooks, tmp_path, capsys):
+    folder, (good, bad, later) = notebooks
+    rows, run_folder = runner.run([str(folder)], profile="smoke", backend="jax", output_root=tmp_path / "runs")
+    assert [row["status"] for row in rows][0] == "ok" and rows[2]["status"] == "ok"
+    assert "cell In [4]" in rows[1]["status"]  # parameters, injected parameters, x = 1, raise and "RuntimeError: the data is missing" in rows[1]["status"]
+    assert rows[0]["test_accuracy"] == 0.5 and rows[0]["profile"] == "smoke" and rows[2]["test_accuracy"] == 0.75
+    assert rows[0]["backend"] == "numpy"  # what the notebook reported wins over what was asked
+    assert run_folder.name.endswith("-smoke-jax")
+    table = (run_folder / "summary.md").read_text()
+    assert "| 01_good | smoke | numpy | CPU | 50.0% | 2 s | 123 |" in table
+    assert json.loads((run_folder / "summary.json").read_text())[1]["notebook"] == "02_bad"
+    printed = capsys.readouterr().out
+    assert "[2/3] 02_bad.ipynb ... failed at cell In [4]" in printed
+    # The committed notebooks are never overwritten: outputs go to the run folder only.
+    assert not nbformat.read(good, as_version=4).cells[1].outputs
+    assert nbformat.read(run_folder / "01_good.ipynb", as_version=4).cells[-1].outputs
+
+
+def test_main_exits_non_zero_when_a_notebook_fails(notebooks, tmp_path):
+    folder, (good, bad, later) = notebooks
+    assert runner.main(["run", "--profile", "smoke", "--output", str(tmp_path / "a"), str(good)]) == 0
+    assert runner.main(["run", "--profile", "smoke", "--output", str(tmp_path / "b"), str(good), str(bad)]) == 1
+
+
+def test_bad_arguments_are_explained(tmp_path, capsys):
+    assert runner.main(["run", str(tmp_path / "missing.ipynb")]) == 2
+    assert "No notebook at" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Unknown profile"):
+        runner.run([], profile="huge")
+    with pytest.raises(ValueError, match="Unknown backend"):
+        runner.run([], backend="mxnet")

@@ -1,0 +1,79 @@
+"""Every notebook: valid and clean as committed, and executed end to end on the smoke profile twice,
+once through nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce their committed output) and once
+through the course runner (papermill)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import nbformat
+import papermill
+import pytest
+
+from course_utils import runner
+from course_utils.constants import RESULT_MIMETYPE
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+by_name = pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def test_the_course_has_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@by_name
+def test_committed_notebook_is_valid_and_holds_a_real_run(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert "widgets" not in notebook.metadata, "saved widget state makes GitHub show 'Invalid Notebook'"
+    cells = code_cells(notebook)
+    setup = cells[0].source
+    for needle in ("google.colab", "pip install", "KERAS_BACKEND", "course_utils.setup("):
+        assert needle in setup, f"the first code cell should be the setup cell and contain {needle!r}"
+    parameters = [cell for cell in cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(parameters) == 1, "exactly one cell must be tagged 'parameters' for papermill"
+    assert re.search(r'^profile = "(smoke|workshop|full)"', parameters[0].source, re.M)
+    outputs = [output for cell in cells for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.output_type == "error"], "committed outputs contain an error"
+    records = [output.data[RESULT_MIMETYPE] for output in outputs if RESULT_MIMETYPE in output.get("data", {})]
+    assert records, "the committed notebook should hold the outputs of a real run, including its report()"
+    assert records[-1]["profile"] == "workshop", "commit the outputs of a workshop run"
+
+
+@pytest.mark.notebook
+@by_name
+def test_notebook_runs_through_the_runner_on_smoke(path, tmp_path):
+    rows, folder = runner.run([str(path)], profile="smoke", output_root=tmp_path)
+    row = rows[0]
+    assert row["status"] == "ok", row["status"]
+    assert 0.0 <= row["test_accuracy"] <= 1.0 and row["parameters"] > 0
+    executed = nbformat.read(folder / path.name, as_version=4)
+    assert "widgets" not in executed.metadata
+    assert (folder / "summary.md").read_text().count(path.stem) == 1
+
+
+@pytest.mark.notebook
+@by_name
+def test_notebook_passes_nbval_on_smoke(path, tmp_path):
+    prepared = tmp_path / path.name
+    papermill.execute_notebook(
+        str(path), str(prepared), parameters={"profile": "smoke"}, prepare_only=True, progress_bar=False
+    )
+    env = {**os.environ, "COURSE_UTILS_STATIC": "1", "COURSE_BACKUP_DIR": str(tmp_path / "backup")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(prepared)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stdout[-6000:]
+    passed = re.search(r"(\d+) passed", completed.stdout)
+    assert passed and int(passed.group(1)) == len(code_cells(nbformat.read(prepared, as_version=4)))

@@ -31,5 +31,5 @@ def __getattr__(name):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'course_utils' has no attribute {name!r}")
     # Importing the models package registers every custom layer, so saved course models always load.
-    importlib.import_module("course_utils.models")
+    importlib.import_module("course_utils.models").import_all()
     return getattr(importlib.import_module(_PUBLIC[name]), name)

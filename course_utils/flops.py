@@ -74,7 +74,7 @@ def _flops_with_jax(model, batch_size):
 def _main(argv):
     if keras.backend.backend() != "jax":
         raise SystemExit("Run this module with KERAS_BACKEND=jax.")
-    importlib.import_module("course_utils.models")  # registers the course's layers so the model loads
+    importlib.import_module("course_utils.models").import_all()  # registers the course's layers so the model loads
     path, batch_size = argv[0], int(argv[1]) if len(argv) > 1 else 1
     print(_flops_with_jax(keras.saving.load_model(path), batch_size))
 

@@ -11,4 +11,4 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q "timm==1.0.31" "torchvision==0.29.2" "keras==3.15.1" numpy pillow pytest
 "$venv/bin/python" -m pip install -q --no-deps -e .
-"$venv/bin/python" -c "import timm, torch, torchvision, keras; print('parity env ready: timm', timm.__version__, 'torch', torch.__version__, 'keras', keras.__version__)"
+KERAS_BACKEND=torch "$venv/bin/python" -c "import timm, torch, torchvision, keras; print('parity env ready: timm', timm.__version__, 'torch', torch.__version__, 'keras', keras.__version__)"

@@ -182,21 +182,21 @@ def evaluate(model, images, labels, batch_size=256):
 
 def describe_device():
     """One line naming the accelerator (or CPU) the current Keras backend computes on."""
-    devices = keras.distribution.list_devices()
-    kind = devices[0].split(":")[0].lower() if devices else "cpu"
-    if kind == "cpu":
-        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     backend = keras.backend.backend()
-    name = kind.upper()
+    names = []
     if backend == "jax":
         import jax
 
-        name = jax.devices()[0].device_kind
+        names = [device.device_kind for device in jax.devices() if device.platform != "cpu"]
     elif backend == "torch":
         import torch
 
-        name = torch.cuda.get_device_name(0)
-    return f"{len(devices)} x {name}" if len(devices) > 1 else name
+        names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    else:
+        names = [device for device in keras.distribution.list_devices() if not device.lower().startswith("cpu")]
+    if not names:
+        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    return f"{len(names)} x {names[0]}" if len(names) > 1 else names[0]
 
 
 def report(notebook, profile, test_accuracy, train_seconds, parameters, **extra):

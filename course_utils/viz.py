@@ -238,8 +238,10 @@ def _static_columns(maps, row):
     names = list(maps)
     first = maps[names[0]][row]
     columns = [(f"{names[0]} {k + 1}", first[k]) for k in range(min(len(first), MAX_STATIC_ITEMS))]
-    columns.append((f"{names[0]} mean", first.mean(axis=0)))
-    return columns + [(f"{name} mean", maps[name][row].mean(axis=0)) for name in names[1:]]
+    if len(first) > 1:  # with a single item its mean would repeat the same picture
+        columns.append((f"{names[0]} mean", first.mean(axis=0)))
+    others = [(name, maps[name][row]) for name in names[1:]]
+    return columns + [(name if len(m) == 1 else f"{name} mean", m.mean(axis=0)) for name, m in others]
 
 
 def _redraw(output, make_figure):

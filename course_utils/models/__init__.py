@@ -6,7 +6,7 @@ and any saved ``.keras`` model of the course loads.
 
 import importlib
 
-MODEL_MODULES = ("token_learner",)
+MODEL_MODULES = ("token_learner", "patch_convnet")
 
 
 def import_all():

@@ -32,6 +32,9 @@ from PIL import Image, UnidentifiedImageError
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DATA_ENV_VAR = "COURSE_CIFAR10"
 CACHE_ENV_VAR = "COURSE_CACHE_DIR"
+# Extra mirrors an instructor can host (a campus server, a bucket): whitespace-separated "URL=algorithm:hex"
+# entries, tried before DEFAULT_MIRRORS.
+MIRRORS_ENV_VAR = "COURSE_CIFAR10_MIRRORS"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 # (url, "algorithm:hexdigest") pairs, tried in order. Only URLs known to serve the official file belong here.
 DEFAULT_MIRRORS = [
@@ -59,12 +62,27 @@ class DatasetError(RuntimeError):
     """CIFAR-10 could not be loaded; the message says what is wrong and how to fix it."""
 
 
+def configured_mirrors():
+    """The mirrors named in ``$COURSE_CIFAR10_MIRRORS`` followed by ``DEFAULT_MIRRORS``."""
+    extra = []
+    for entry in os.environ.get(MIRRORS_ENV_VAR, "").split():
+        url, separator, checksum = entry.rpartition("=")
+        if not separator or not url:
+            raise DatasetError(
+                f"{MIRRORS_ENV_VAR} entry {entry!r} is not of the form URL=algorithm:hex, for example "
+                f"https://example.org/{ARCHIVE_NAME}=md5:{DEFAULT_MIRRORS[0][1].split(':')[1]}"
+            )
+        extra.append((url, checksum))
+    return extra + list(DEFAULT_MIRRORS)
+
+
 def load_cifar10(source=None, cache_dir=None, mirrors=None, verbose=True):
     """Load CIFAR-10 as ``(x_train, y_train), (x_test, y_test)``, shaped like the Keras loader.
 
     ``x`` is uint8 ``(N, 32, 32, 3)``, ``y`` is uint8 ``(N, 1)`` with indices into ``CLASS_NAMES``.
     ``source`` is a local copy in any supported layout; ``None`` means ``$COURSE_CIFAR10`` or, if that is
-    unset, a download from ``mirrors`` (default ``DEFAULT_MIRRORS``). ``cache_dir`` defaults to
+    unset, a download from ``mirrors`` (default: the mirrors in ``$COURSE_CIFAR10_MIRRORS``, then
+    ``DEFAULT_MIRRORS``). ``cache_dir`` defaults to
     ``$COURSE_CACHE_DIR`` or ``~/.cache/course_utils``. Raises ``DatasetError`` when loading fails.
     """
     cache_dir = _resolve_cache_dir(cache_dir)
@@ -72,7 +90,7 @@ def load_cifar10(source=None, cache_dir=None, mirrors=None, verbose=True):
     if source is None and os.environ.get(DATA_ENV_VAR):
         source, origin = os.environ[DATA_ENV_VAR], f"The environment variable {DATA_ENV_VAR}"
     if source is None:
-        source = _download(cache_dir, DEFAULT_MIRRORS if mirrors is None else mirrors, verbose)
+        source = _download(cache_dir, configured_mirrors() if mirrors is None else mirrors, verbose)
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DatasetError(

@@ -531,3 +531,13 @@ def test_real_offline_copy():
     # Real photographs, not blank or noise images (a sample keeps the check fast).
     sample = x_train[:1000].astype(np.float32)
     assert 50 < sample.mean() < 200 and 30 < sample.std() < 100
+
+
+def test_mirrors_from_the_environment_come_first(monkeypatch):
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, "http://127.0.0.1:1/a.tar.gz=md5:00ff  http://127.0.0.1:2/b.tar.gz=sha256:ab")
+    mirrors = data.configured_mirrors()
+    assert mirrors[:2] == [("http://127.0.0.1:1/a.tar.gz", "md5:00ff"), ("http://127.0.0.1:2/b.tar.gz", "sha256:ab")]
+    assert mirrors[2:] == list(data.DEFAULT_MIRRORS)
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, "no-checksum-here")
+    with pytest.raises(data.DatasetError, match="URL=algorithm:hex"):
+        data.configured_mirrors()

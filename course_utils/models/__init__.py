@@ -6,7 +6,7 @@ and any saved ``.keras`` model of the course loads.
 
 import importlib
 
-MODEL_MODULES = ("token_learner", "patch_convnet", "focal_modulation")
+MODEL_MODULES = ("token_learner", "patch_convnet", "focal_modulation", "cait")
 
 
 def import_all():

@@ -6,7 +6,7 @@ and any saved ``.keras`` model of the course loads.
 
 import importlib
 
-MODEL_MODULES = ("token_learner", "patch_convnet", "focal_modulation", "cait")
+MODEL_MODULES = ("token_learner", "cait", "patch_convnet", "focal_modulation", "temporal_latent_bottleneck")
 
 
 def import_all():

@@ -1,0 +1,300 @@
+"""How fast does the Temporal Latent Bottleneck train, and what does the input path cost?
+
+Prints one table, measured in one run on the current machine and Keras backend:
+
+1. in-model augmentation alone: uint8 arrays -> ``fit`` of the preprocessing layers (rescale, resize,
+   random crop, random flip) followed by a linear probe, i.e. the input path our models use with almost
+   no model behind it;
+2. per-sample Python augmentation alone: a ``keras.utils.PyDataset`` whose ``__getitem__`` resizes,
+   crops and flips every image on its own in Python (the reference example's design), timed without a
+   model, once with PIL/numpy and once with Keras layers called on each image as the example does;
+3. the TLB model alone, fed images that were augmented beforehand (float arrays in memory);
+4. the TLB model with in-model augmentation (uint8 arrays -> ``fit``): what the course does;
+5. the TLB model fed by the per-sample Python pipeline;
+6. (``--example``) a stand-in for the reference example's model, timed alone like row 3: the same
+   configuration and blocks, run in the example's per-chunk call pattern (see ``ExampleLikeCell``), in
+   float32 and/or under the ``mixed_float16`` policy the example sets globally.
+
+Throughput is measured in steady state: the first step of every ``fit`` (tracing and compilation) is
+left out, and images/s come from the time between the ends of the remaining steps.
+
+Usage::
+
+    python benchmarks/tlb_input_pipeline.py --config full --batch-size 1024 --steps 3
+    KERAS_BACKEND=jax python benchmarks/tlb_input_pipeline.py --config workshop --steps 10
+
+On a shared machine the numbers move with the load of other processes; compare rows of one run.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import keras  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from course_utils.augment import preprocessing  # noqa: E402
+from course_utils.models import temporal_latent_bottleneck as tlb  # noqa: E402
+from course_utils.training import describe_device  # noqa: E402
+
+# Measured by the issue author with the reference example's own code on the course's 2-core CPU,
+# TensorFlow backend, its configuration (the `full` profile's model) at batch 1024.
+PER_SAMPLE_OPS = {"pil": "PIL/numpy per image", "keras": "Keras layers per image, like the example"}
+EXAMPLE_FIGURES = {"python_pipeline_alone": 230.0, "model_alone": 106.0, "model_with_pipeline": 83.0}
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Record when each training step ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
+def steady_images_per_second(ends, batch_size):
+    """Images/s from step end times, leaving out the first step (tracing and compilation)."""
+    if len(ends) < 2:
+        raise ValueError("Need at least two steps (the first is left out): raise --steps.")
+    return batch_size * (len(ends) - 1) / (ends[-1] - ends[0])
+
+
+def fit_throughput(model, data, batch_size, labels=None):
+    """Compile ``model`` and fit it once over ``data``; return steady-state images/s."""
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    timer = StepTimer()
+    if labels is None:  # a PyDataset yields (images, labels) itself
+        model.fit(data, epochs=1, callbacks=[timer], verbose=0)
+    else:
+        model.fit(data, labels, batch_size=batch_size, epochs=1, shuffle=False, callbacks=[timer], verbose=0)
+    return steady_images_per_second(timer.ends, batch_size)
+
+
+class ExampleLikeCell(tlb.TLBCell):
+    """Timing stand-in for the reference example's recurrent cell (same configuration, same amount of work).
+
+    The example keeps one list in which each self-attention block is followed, at every r-th layer, by a
+    cross-attention block, and walks it applying every entry to the chunk, then applying the entries at
+    positions 0, r, 2r, ... of that list a second time, against the slow stream. With 4 layers and r = 2
+    that is 9 attention + feed-forward applications per chunk instead of the paper's 6, plus the latent
+    update. This cell reproduces that count and order with our blocks (all built as cross-attention blocks
+    so that any of them may be pointed at either stream); it exists only to be timed.
+    """
+
+    def build(self, inputs_shape, states_shape=None):
+        chunk_shape = (inputs_shape[0], self.chunk_size, self.embed_dim)
+        latent_shape = (inputs_shape[0], self.num_latents, self.embed_dim)
+        settings = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
+                        attention_dropout=self.attention_dropout, cross_attention=True)
+        self.listed = []
+        for i in range(self.num_layers):
+            self.listed.append(tlb.AttentionBlock(**settings, name=f"listed_self_{i}"))
+            if i % self.r == 0:
+                self.listed.append(tlb.AttentionBlock(**settings, name=f"listed_cross_{i}"))
+        for block in self.listed:
+            block.build(chunk_shape, chunk_shape)
+        self.latent_update = tlb.AttentionBlock(**settings, name="latent_update")
+        self.latent_update.build(latent_shape, chunk_shape)
+
+    def call(self, inputs, states, training=None):
+        slow = keras.ops.reshape(states[0], (-1, self.num_latents, self.embed_dim))
+        fast = inputs
+        for position, block in enumerate(self.listed):
+            fast, _ = block(fast, fast, training=training)
+            if position % self.r == 0:
+                fast, _ = block(fast, slow, training=training)
+        slow, scores = self.latent_update(slow, fast, training=training)
+        return keras.ops.reshape(scores, (-1, self.output_size)), [keras.ops.reshape(slow, (-1, self.state_size))]
+
+
+class ExampleLikeBottleneck(tlb.TemporalLatentBottleneck):
+    cell_class = ExampleLikeCell
+
+
+def build_example_like(image_size, patch_size, embed_dim, chunk_size, num_latents, num_layers, r, num_heads=1,
+                       mlp_ratio=4, dropout_rate=0.0, attention_dropout=0.0, num_classes=10, **unused):
+    """The reference example's amount of work per image, on pre-augmented float images."""
+    inputs = keras.Input((image_size, image_size, 3))
+    chunks = tlb.ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size)(inputs)
+    slow, _ = ExampleLikeBottleneck(num_latents, num_layers, r, num_heads, mlp_ratio, dropout_rate,
+                                    attention_dropout)(chunks)
+    pooled = keras.layers.GlobalAveragePooling1D()(slow)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, dtype="float32")(pooled))
+
+
+def example_like_alone(model_kwargs, pre_augmented, labels, batch_size, policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return fit_throughput(build_example_like(**model_kwargs), pre_augmented, batch_size, labels)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class PerSampleAugmentation(keras.utils.PyDataset):
+    """Augment every image on its own, in Python, the way the reference example feeds its model.
+
+    For each image: resize 32 -> ``resize_to`` (PIL, bilinear), take a random ``image_size`` crop, flip it
+    left-right with probability 1/2, rescale to [0, 1]. Batches are stacked with numpy. Unlike the
+    reference, the order is reshuffled every epoch and the last partial batch is kept.
+
+    ``ops="keras"`` runs Keras preprocessing layers eagerly on each image instead of PIL/numpy, which is
+    closer to what the reference example literally does (and much slower).
+    """
+
+    def __init__(self, images, labels, batch_size, image_size, resize_to, ops="pil", seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.images, self.labels = images, labels
+        self.batch_size, self.image_size, self.resize_to = batch_size, image_size, resize_to
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images))
+        self.ops = ops
+        if ops == "keras":
+            self.resize = keras.layers.Resizing(resize_to, resize_to)
+            self.crop = keras.layers.RandomCrop(image_size, image_size)
+            self.flip = keras.layers.RandomFlip("horizontal")
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.images))
+
+    def augment_pil(self, image):
+        resized = np.asarray(Image.fromarray(image).resize((self.resize_to, self.resize_to), Image.BILINEAR))
+        top, left = self.rng.integers(0, self.resize_to - self.image_size + 1, size=2)
+        crop = resized[top : top + self.image_size, left : left + self.image_size]
+        if self.rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        return crop.astype("float32") / 255.0
+
+    def augment_keras(self, image):
+        x = keras.ops.convert_to_tensor(image.astype("float32") / 255.0)
+        x = self.flip(self.crop(self.resize(x), training=True), training=True)
+        return keras.ops.convert_to_numpy(x)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        augment = self.augment_pil if self.ops == "pil" else self.augment_keras
+        batch = np.stack([augment(self.images[i]) for i in rows])
+        return batch, self.labels[rows]
+
+
+def python_pipeline_alone(dataset, batch_size):
+    """Images/s of producing batches with ``dataset`` and no model, leaving out the first batch."""
+    ends = []
+    for index in range(len(dataset)):
+        dataset[index]
+        ends.append(time.perf_counter())
+    return steady_images_per_second(ends, batch_size)
+
+
+def in_model_augmentation_alone(images, labels, batch_size, image_size, resize_to):
+    """Images/s of uint8 arrays -> in-model augmentation -> a linear probe, under ``fit``."""
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = preprocessing(image_size=image_size, resize_to=resize_to)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    return fit_throughput(model, images, batch_size, labels)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=["full", "workshop"], default="full",
+                        help="which PROFILES entry's model to time (default: full, the reference example's)")
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="images per step (default 1024, as in the measurements quoted in issue 6)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="timed steps per measurement; one more is run first and left out (default 4)")
+    parser.add_argument("--per-sample-ops", choices=["pil", "keras"], default="pil",
+                        help="how the Python pipeline that feeds the model augments each image: PIL/numpy "
+                             "(default), or Keras layers called eagerly per image like the reference example; "
+                             "both are timed alone")
+    parser.add_argument("--example", choices=["none", "float32", "mixed_float16", "both"], default="float32",
+                        help="also time a stand-in for the reference example's model alone (see ExampleLikeCell), "
+                             "in float32 and/or under the mixed_float16 policy the example sets (default float32)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error("--steps and --batch-size must be positive")
+
+    keras.utils.set_random_seed(args.seed)
+    model_kwargs = dict(tlb.PROFILES[args.config].model)
+    image_size = model_kwargs.get("image_size", 32)
+    resize_to = model_kwargs.get("resize_to") or image_size + image_size // 8
+    batch, count = args.batch_size, args.batch_size * (args.steps + 1)
+    rng = np.random.default_rng(args.seed)
+    images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(count, 1)).astype("int32")
+    pipeline = PerSampleAugmentation(images, labels, batch, image_size, resize_to, ops=args.per_sample_ops)
+
+    print(f"backend {keras.backend.backend()} on {describe_device()}; config {args.config} "
+          f"({image_size}px, model {model_kwargs}); batch {batch}; {args.steps} timed steps + 1 left out")
+    rows = []
+
+    def measure(name, function):
+        start = time.perf_counter()
+        value = function()
+        rows.append((name, value))
+        print(f"  measured {name}: {value:,.0f} images/s ({time.perf_counter() - start:.0f} s)", flush=True)
+        return value
+
+    aug_alone = measure("input path alone: in-model augmentation (uint8 arrays -> fit)",
+                        lambda: in_model_augmentation_alone(images, labels, batch, image_size, resize_to))
+    python_alone = {}
+    for ops in ("pil", "keras"):
+        per_sample = PerSampleAugmentation(images, labels, batch, image_size, resize_to, ops=ops)
+        python_alone[ops] = measure(f"input path alone: per-sample Python pipeline ({PER_SAMPLE_OPS[ops]})",
+                                    lambda: python_pipeline_alone(per_sample, batch))
+    pre_augmented = np.stack([pipeline.augment_pil(image) for image in images])
+    bare = {**model_kwargs, "include_preprocessing": False}
+    model_alone = measure("TLB model alone (pre-augmented float arrays)",
+                          lambda: fit_throughput(tlb.build_tlb(**bare), pre_augmented, batch, labels))
+    ours = measure("TLB model + in-model augmentation (ours)",
+                   lambda: fit_throughput(tlb.build_tlb(**model_kwargs), images, batch, labels))
+    with_python = measure(f"TLB model + per-sample Python pipeline ({PER_SAMPLE_OPS[args.per_sample_ops]})",
+                          lambda: fit_throughput(tlb.build_tlb(**bare), pipeline, batch))
+    policies = {"none": [], "both": ["float32", "mixed_float16"]}.get(args.example, [args.example])
+    example_rows = {}
+    for policy in policies:
+        example_rows[policy] = measure(
+            f"example-like model alone, {policy} (stand-in, see ExampleLikeCell)",
+            lambda: example_like_alone(model_kwargs, pre_augmented, labels, batch, policy),
+        )
+
+    print()
+    print(f"{'measurement':78s} {'images/s':>10s} {'s/step':>8s}")
+    for name, value in rows:
+        print(f"{name:78s} {value:10,.0f} {batch / value:8.2f}")
+    print()
+    for ops, value in python_alone.items():
+        print(f"input path: in-model augmentation delivers {aug_alone / value:,.1f}x the per-sample pipeline "
+              f"({PER_SAMPLE_OPS[ops]}) (target >= 20x)")
+    print(f"training with in-model augmentation runs at {ours / model_alone:.0%} of the model alone; "
+          f"with the per-sample pipeline at {with_python / model_alone:.0%}")
+    for policy, value in example_rows.items():
+        print(f"our model alone vs the example-like model alone ({policy}), same run: {model_alone / value:.1f}x")
+    if args.config == "full":
+        example = EXAMPLE_FIGURES
+        print(f"reference example, same configuration, measured by the issue author on the 2-core course CPU: "
+              f"Python pipeline {example['python_pipeline_alone']:.0f}, model alone {example['model_alone']:.0f}, "
+              f"together {example['model_with_pipeline']:.0f} images/s")
+        print(f"our model alone vs the example's model alone: {model_alone / example['model_alone']:.1f}x "
+              f"(target >= 3x; meaningful only on that CPU at batch 1024)")
+        print(f"our training (in-model augmentation) vs the example's training: "
+              f"{ours / example['model_with_pipeline']:.1f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

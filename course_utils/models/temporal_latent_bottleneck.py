@@ -1,0 +1,743 @@
+"""Temporal Latent Bottleneck (Didolkar et al., 2022): a fast Transformer stream and a slow recurrent stream.
+
+The image becomes a sequence of patch tokens, cut into consecutive *chunks* of ``chunk_size`` tokens (in
+raster order). Two streams read that sequence:
+
+- the **fast stream** (perceptual module) is a small Transformer that works inside one chunk at a time:
+  ``num_layers`` self-attention blocks, and after self-attention layers ``0, r, 2r, ...`` a cross-attention
+  block in which the chunk's tokens (queries) read the slow stream (keys and values);
+- the **slow stream** (the temporal latent bottleneck) is a handful of latent vectors that is updated once
+  per chunk, by a cross-attention block in which the latents (queries) read the chunk the fast stream just
+  produced (keys and values). It is the only path from one chunk to the next: a compressed memory.
+
+One step of the recurrence is :class:`TLBCell`; :class:`TemporalLatentBottleneck` runs it over the chunks
+with ``keras.layers.RNN``, so the loop is part of the compiled graph (``tf.while_loop``, ``lax.scan``; on
+JAX with dropout the RNN unrolls it at trace time, see :class:`TemporalLatentBottleneck`). The slow
+stream's attention over each chunk is the RNN's per-step output, so the visualization model is the
+training model with one more output, on the same weights. The classifier reads the final slow stream.
+
+Public names:
+    ChunkedPatchEmbedding, AttentionBlock, TLBCell, TemporalLatentBottleneck  (layers)
+    build_tlb, build_vit_baseline, baseline_kwargs, visualization_model, analyze, PROFILES
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from course_utils.augment import preprocessing
+from course_utils.models.blocks import (
+    MLP,
+    PACKAGE,
+    PatchEmbedding,
+    PositionEmbedding,
+    require_divisible,
+    require_positive_int,
+    require_rate,
+)
+from course_utils.training import Profile
+
+LAYER_NORM_EPSILON = 1e-5
+
+
+def _require_number(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ValueError(f"`{name}` must be a number >= {minimum}, got {value!r}.")
+    return value
+
+
+def _require_chunking(num_patches, chunk_size, grid=None):
+    """Raise a ValueError unless ``chunk_size`` divides the number of patch tokens."""
+    if num_patches % chunk_size != 0:
+        divisors = [d for d in range(1, num_patches + 1) if num_patches % d == 0]
+        where = f" (a {grid[0]}x{grid[1]} patch grid)" if grid else ""
+        raise ValueError(
+            f"chunk_size={chunk_size} does not divide the number of patches, {num_patches}{where}, so the "
+            f"tokens cannot be cut into whole chunks. Choose a chunk_size among {divisors}, or change "
+            f"image_size / patch_size."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChunkedPatchEmbedding(layers.Layer):
+    """Turn an image into a sequence of chunks of patch tokens.
+
+    Patches of ``patch_size x patch_size`` pixels are projected to ``embed_dim`` channels, a learned
+    position vector is added, the tokens are layer-normalised and then cut, in raster order (row by row
+    of the patch grid), into consecutive chunks of ``chunk_size`` tokens. Chunk ``k`` holds patch tokens
+    ``k * chunk_size ... (k + 1) * chunk_size - 1``.
+
+    Args:
+        patch_size: side of a square patch in pixels; must divide the image side.
+        embed_dim: channels per token.
+        chunk_size: tokens per chunk; must divide the number of patches ``(side / patch_size) ** 2``.
+
+    Shapes: ``(batch, height, width, channels)`` ->
+    ``(batch, num_chunks, chunk_size, embed_dim)`` with ``num_chunks = num_patches / chunk_size``.
+
+    Example:
+    >>> ChunkedPatchEmbedding(4, 32, chunk_size=8)(keras.ops.ones((2, 32, 32, 3))).shape
+    (2, 8, 8, 32)
+    """
+
+    def __init__(self, patch_size, embed_dim, chunk_size, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = require_positive_int("patch_size", patch_size)
+        self.embed_dim = require_positive_int("embed_dim", embed_dim)
+        self.chunk_size = require_positive_int("chunk_size", chunk_size)
+
+    def _grid(self, input_shape):
+        return input_shape[1] // self.patch_size, input_shape[2] // self.patch_size
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(
+                "ChunkedPatchEmbedding expects images shaped (batch, height, width, channels) with a known "
+                f"height and width, got {tuple(input_shape)}."
+            )
+        self.patches = PatchEmbedding(self.patch_size, self.embed_dim, name="patches")
+        self.patches.build(input_shape)  # checks that patch_size divides the image
+        grid = self._grid(input_shape)
+        num_patches = grid[0] * grid[1]
+        _require_chunking(num_patches, self.chunk_size, grid)
+        token_shape = (input_shape[0], num_patches, self.embed_dim)
+        self.positions = PositionEmbedding(name="positions")
+        self.positions.build(token_shape)
+        self.norm = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm")
+        self.norm.build(token_shape)
+
+    def call(self, images):
+        tokens = self.norm(self.positions(self.patches(images)))
+        num_tokens = tokens.shape[1]
+        return ops.reshape(tokens, (-1, num_tokens // self.chunk_size, self.chunk_size, self.embed_dim))
+
+    def compute_output_shape(self, input_shape):
+        grid = self._grid(input_shape)
+        return (input_shape[0], grid[0] * grid[1] // self.chunk_size, self.chunk_size, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(patch_size=self.patch_size, embed_dim=self.embed_dim, chunk_size=self.chunk_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AttentionBlock(layers.Layer):
+    """Pre-norm Transformer block: attention then feed-forward, each on a residual path.
+
+    ``x = x + Attention(LN(x), LN(context)); x = x + MLP(LN(x))``. With ``cross_attention=False`` the
+    context is the queries themselves (self-attention); with ``cross_attention=True`` the block reads a
+    second sequence (its own LayerNorm normalises it), e.g. a chunk reading the slow stream.
+
+    Args:
+        num_heads: attention heads; must divide the channels (each head gets ``channels / num_heads``).
+        mlp_ratio: hidden width of the feed-forward network as a multiple of the channels.
+        dropout_rate: dropout on the feed-forward network's output (once per token and channel, as in the
+            reference example; random numbers are costly on a CPU, so not after the hidden layer too).
+        attention_dropout: dropout on the attention probabilities.
+        cross_attention: whether ``call`` takes a ``context`` sequence to attend to.
+
+    Call arguments: ``query`` ``(batch, queries, channels)``; ``context`` ``(batch, keys, channels)``
+    (required iff ``cross_attention``).
+
+    Returns: ``(outputs, scores)``: ``outputs`` ``(batch, queries, channels)``; ``scores``, the attention
+    probabilities, ``(batch, num_heads, queries, keys)`` (each row sums to 1).
+
+    Example:
+    >>> out, scores = AttentionBlock(num_heads=2)(keras.ops.ones((2, 8, 32)))
+    >>> tuple(out.shape), tuple(scores.shape)
+    ((2, 8, 32), (2, 2, 8, 8))
+    """
+
+    def __init__(
+        self, num_heads, mlp_ratio=4, dropout_rate=0.0, attention_dropout=0.0, cross_attention=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = require_positive_int("num_heads", num_heads)
+        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        self.dropout_rate = require_rate("dropout_rate", dropout_rate)
+        self.attention_dropout = require_rate("attention_dropout", attention_dropout)
+        self.cross_attention = bool(cross_attention)
+
+    def build(self, query_shape, context_shape=None):
+        channels = query_shape[-1]
+        if channels % self.num_heads != 0:
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide the token width ({channels} channels): "
+                f"choose num_heads among {[h for h in range(1, channels + 1) if channels % h == 0]} "
+                f"or change embed_dim."
+            )
+        context_shape = tuple(query_shape) if context_shape is None else tuple(context_shape)
+        self.norm_query = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm_query")
+        self.norm_query.build(query_shape)
+        if self.cross_attention:
+            self.norm_context = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm_context")
+            self.norm_context.build(context_shape)
+        self.attention = layers.MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=channels // self.num_heads,
+            dropout=self.attention_dropout,
+            name="attention",
+        )
+        self.attention.build(query_shape, context_shape)
+        self.norm_mlp = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm_mlp")
+        self.norm_mlp.build(query_shape)
+        self.mlp = MLP(int(round(self.mlp_ratio * channels)), name="mlp")
+        self.mlp.build(query_shape)
+        self.mlp_dropout = layers.Dropout(self.dropout_rate, name="mlp_dropout")
+
+    def call(self, query, context=None, training=None):
+        if self.cross_attention and context is None:
+            raise ValueError(f"{self.name} is a cross-attention block: pass the sequence to read as `context`.")
+        if not self.cross_attention and context is not None:
+            raise ValueError(
+                f"{self.name} is a self-attention block and takes no `context`; build it with "
+                "cross_attention=True to attend to another sequence."
+            )
+        normed_query = self.norm_query(query)
+        normed_context = normed_query if context is None else self.norm_context(context)
+        attended, scores = self.attention(
+            normed_query, normed_context, return_attention_scores=True, training=training
+        )
+        x = query + attended
+        x = x + self.mlp_dropout(self.mlp(self.norm_mlp(x)), training=training)
+        return x, scores
+
+    def compute_output_shape(self, query_shape, context_shape=None):
+        keys = query_shape[1] if context_shape is None else context_shape[1]
+        return tuple(query_shape), (query_shape[0], self.num_heads, query_shape[1], keys)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+            cross_attention=self.cross_attention,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TLBCell(layers.Layer):
+    """One step of the Temporal Latent Bottleneck: read one chunk, update the slow stream.
+
+    For a chunk ``x`` and the slow stream ``s`` (``num_latents`` vectors), in this order::
+
+        for i in range(num_layers):
+            x = self_attention[i](x)                    # fast stream, inside the chunk
+            if i % r == 0:
+                x = cross_attention[i // r](x, s)       # the chunk reads the slow stream (top-down)
+        s, scores = latent_update(s, x)                 # the slow stream reads the chunk (bottom-up)
+
+    Every block object is called exactly once per chunk. ``num_layers`` self-attention blocks,
+    ``ceil(num_layers / r)`` perceptual cross-attention blocks and one latent-update block.
+
+    This is a ``keras.layers.RNN`` cell, so its state and output are flat vectors:
+    ``state_size = num_latents * embed_dim`` (the slow stream) and
+    ``output_size = num_heads * num_latents * chunk_size`` (the latent update's attention probabilities,
+    flattened from ``(num_heads, num_latents, chunk_size)``).
+
+    Args:
+        embed_dim: channels of the chunk tokens and of the latents.
+        chunk_size: tokens per chunk.
+        num_latents: vectors in the slow stream.
+        num_layers: self-attention blocks in the perceptual module (its depth).
+        r: a perceptual cross-attention follows self-attention layers ``0, r, 2r, ...``.
+        num_heads, mlp_ratio, dropout_rate, attention_dropout: as in :class:`AttentionBlock`, for all blocks.
+
+    Call arguments: ``inputs`` ``(batch, chunk_size, embed_dim)``; ``states`` a list holding
+    ``(batch, num_latents * embed_dim)``.
+
+    Returns: ``(scores, [new_state])``: ``(batch, num_heads * num_latents * chunk_size)`` and
+    ``[(batch, num_latents * embed_dim)]``.
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        chunk_size,
+        num_latents,
+        num_layers,
+        r,
+        num_heads=1,
+        mlp_ratio=4,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.embed_dim = require_positive_int("embed_dim", embed_dim)
+        self.chunk_size = require_positive_int("chunk_size", chunk_size)
+        self.num_latents = require_positive_int("num_latents", num_latents)
+        self.num_layers = require_positive_int("num_layers", num_layers)
+        self.r = require_positive_int("r", r)
+        self.num_heads = require_positive_int("num_heads", num_heads)
+        require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
+        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        self.dropout_rate = require_rate("dropout_rate", dropout_rate)
+        self.attention_dropout = require_rate("attention_dropout", attention_dropout)
+        # What keras.layers.RNN reads: the flat sizes of the state and of the per-step output.
+        self.state_size = num_latents * embed_dim
+        self.output_size = num_heads * num_latents * chunk_size
+
+    @property
+    def num_cross_attention(self):
+        """How many perceptual cross-attention blocks there are: ``ceil(num_layers / r)``."""
+        return math.ceil(self.num_layers / self.r)
+
+    def build(self, inputs_shape, states_shape=None):
+        expected = (self.chunk_size, self.embed_dim)
+        if len(inputs_shape) != 3 or tuple(inputs_shape[1:]) != expected:
+            raise ValueError(
+                f"TLBCell was configured for chunks of shape (batch, {expected[0]}, {expected[1]}) "
+                f"but received {tuple(inputs_shape)}: build it with the chunk_size and embed_dim of the "
+                "ChunkedPatchEmbedding in front of it."
+            )
+        block = dict(
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+        )
+        chunk_shape = (inputs_shape[0], self.chunk_size, self.embed_dim)
+        latent_shape = (inputs_shape[0], self.num_latents, self.embed_dim)
+        self.self_attention = []
+        for i in range(self.num_layers):
+            sa = AttentionBlock(**block, name=f"perceptual_self_attention_{i}")
+            sa.build(chunk_shape)
+            self.self_attention.append(sa)
+        self.cross_attention = []
+        for j in range(self.num_cross_attention):
+            ca = AttentionBlock(**block, cross_attention=True, name=f"perceptual_cross_attention_{j}")
+            ca.build(chunk_shape, latent_shape)
+            self.cross_attention.append(ca)
+        self.latent_update = AttentionBlock(**block, cross_attention=True, name="latent_update")
+        self.latent_update.build(latent_shape, chunk_shape)
+
+    def call(self, inputs, states, training=None):
+        slow = ops.reshape(states[0], (-1, self.num_latents, self.embed_dim))
+        fast = inputs
+        for i, self_attention in enumerate(self.self_attention):
+            fast, _ = self_attention(fast, training=training)
+            if i % self.r == 0:
+                fast, _ = self.cross_attention[i // self.r](fast, slow, training=training)
+        slow, scores = self.latent_update(slow, fast, training=training)
+        flat_scores = ops.reshape(scores, (-1, self.output_size))
+        return flat_scores, [ops.reshape(slow, (-1, self.state_size))]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            embed_dim=self.embed_dim,
+            chunk_size=self.chunk_size,
+            num_latents=self.num_latents,
+            num_layers=self.num_layers,
+            r=self.r,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TemporalLatentBottleneck(layers.Layer):
+    """Run :class:`TLBCell` over a sequence of chunks with ``keras.layers.RNN``.
+
+    The slow stream starts from ``num_latents`` learned vectors (the same for every image) and is
+    updated once per chunk, in order. The layer returns the final slow stream and, for every chunk, the
+    attention probabilities of the slow-stream update over that chunk's tokens (the RNN's per-step
+    outputs).
+
+    On the JAX backend, a cell with dropout cannot run inside ``lax.scan`` (drawing random numbers
+    advances a seed variable inside the traced loop), so there the loop is unrolled at trace time when
+    dropout is active; TensorFlow (``tf.while_loop``) and PyTorch keep the loop. Same weights, same maths.
+
+    Args:
+        num_latents: vectors in the slow stream.
+        num_layers, r, num_heads, mlp_ratio, dropout_rate, attention_dropout: see :class:`TLBCell`.
+
+    Shapes: ``(batch, num_chunks, chunk_size, channels)`` -> ``(slow_stream, scores)`` with
+    ``slow_stream`` ``(batch, num_latents, channels)`` and
+    ``scores`` ``(batch, num_chunks, num_heads, num_latents, chunk_size)``.
+    """
+
+    cell_class = TLBCell  # a subclass may run another cell with the same arguments (e.g. for a benchmark)
+
+    def __init__(
+        self,
+        num_latents,
+        num_layers,
+        r,
+        num_heads=1,
+        mlp_ratio=4,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_latents = require_positive_int("num_latents", num_latents)
+        self.num_layers = require_positive_int("num_layers", num_layers)
+        self.r = require_positive_int("r", r)
+        self.num_heads = require_positive_int("num_heads", num_heads)
+        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        self.dropout_rate = require_rate("dropout_rate", dropout_rate)
+        self.attention_dropout = require_rate("attention_dropout", attention_dropout)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in tuple(input_shape[1:]):
+            raise ValueError(
+                "TemporalLatentBottleneck expects chunks shaped (batch, num_chunks, chunk_size, channels) "
+                f"with known sizes (see ChunkedPatchEmbedding), got {tuple(input_shape)}."
+            )
+        _, _, chunk_size, channels = input_shape
+        self.initial_latents = self.add_weight(
+            name="initial_latents",
+            shape=(self.num_latents, channels),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        self.cell = self.cell_class(
+            embed_dim=channels,
+            chunk_size=chunk_size,
+            num_latents=self.num_latents,
+            num_layers=self.num_layers,
+            r=self.r,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+            name="cell",
+        )
+        has_dropout = self.dropout_rate > 0 or self.attention_dropout > 0
+        self.recurrence = layers.RNN(
+            self.cell,
+            return_sequences=True,
+            return_state=True,
+            unroll=keras.backend.backend() == "jax" and has_dropout,
+            name="recurrence",
+        )
+        self.recurrence.build(input_shape)
+
+    def call(self, chunks, training=None):
+        batch = ops.shape(chunks)[0]
+        flat = ops.reshape(ops.cast(self.initial_latents, chunks.dtype), (1, -1))
+        initial_state = ops.tile(flat, (batch, 1))
+        scores, final_state = self.recurrence(chunks, initial_state=[initial_state], training=training)
+        num_chunks, chunk_size, channels = chunks.shape[1], chunks.shape[2], chunks.shape[3]
+        slow_stream = ops.reshape(final_state, (-1, self.num_latents, channels))
+        scores = ops.reshape(scores, (-1, num_chunks, self.num_heads, self.num_latents, chunk_size))
+        return slow_stream, scores
+
+    def compute_output_shape(self, input_shape):
+        batch, num_chunks, chunk_size, channels = input_shape
+        return (
+            (batch, self.num_latents, channels),
+            (batch, num_chunks, self.num_heads, self.num_latents, chunk_size),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_latents=self.num_latents,
+            num_layers=self.num_layers,
+            r=self.r,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+        )
+        return config
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+def _check_geometry(image_size, patch_size, embed_dim, num_heads, chunk_size=None):
+    require_positive_int("image_size", image_size)
+    require_positive_int("patch_size", patch_size)
+    require_divisible("image_size", image_size, "patch_size", patch_size)
+    require_positive_int("embed_dim", embed_dim)
+    require_positive_int("num_heads", num_heads)
+    require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
+    side = image_size // patch_size
+    if chunk_size is not None:
+        require_positive_int("chunk_size", chunk_size)
+        _require_chunking(side * side, chunk_size, (side, side))
+    return side
+
+
+def _inputs_and_images(image_size, resize_to, include_preprocessing):
+    if include_preprocessing:
+        inputs = keras.Input(shape=(32, 32, 3), dtype="uint8", name="images")
+        images = preprocessing(image_size=image_size, resize_to=resize_to)(inputs)
+    else:
+        inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
+        images = inputs
+    return inputs, images
+
+
+def build_tlb(
+    image_size=32,
+    resize_to=None,
+    patch_size=4,
+    embed_dim=64,
+    chunk_size=8,
+    num_latents=8,
+    num_layers=4,
+    r=2,
+    num_heads=1,
+    mlp_ratio=4,
+    dropout_rate=0.0,
+    attention_dropout=0.0,
+    num_classes=10,
+    include_preprocessing=True,
+    name="temporal_latent_bottleneck",
+):
+    """Build the Temporal Latent Bottleneck classifier: uint8 CIFAR images -> logits.
+
+    ``preprocessing -> ChunkedPatchEmbedding -> TemporalLatentBottleneck -> LayerNorm -> mean over the
+    latents -> Dense``. The classifier reads the final slow stream, so everything the model knows about
+    the image has passed through the bottleneck.
+
+    Args:
+        image_size: side of the square images the model sees (CIFAR's 32 px are resized and cropped).
+        resize_to: side to resize to before the (random in training, centre at inference) crop; default
+            ``image_size + image_size // 8``.
+        patch_size: patch side in pixels; must divide ``image_size``.
+        embed_dim: token and latent width.
+        chunk_size: patch tokens per chunk; must divide ``(image_size / patch_size) ** 2``.
+        num_latents: vectors in the slow stream.
+        num_layers: self-attention blocks in the perceptual module.
+        r: a perceptual cross-attention to the slow stream follows self-attention layers 0, r, 2r, ...
+        num_heads: attention heads (must divide ``embed_dim``).
+        mlp_ratio: feed-forward hidden width / ``embed_dim``.
+        dropout_rate, attention_dropout: feed-forward and attention-probability dropout.
+        num_classes: outputs of the classifier.
+        include_preprocessing: if False the model takes float images ``(batch, image_size, image_size, 3)``
+            in [0, 1] instead of uint8 CIFAR images.
+
+    Shapes: ``(batch, 32, 32, 3)`` uint8 -> ``(batch, num_classes)`` logits.
+    """
+    _check_geometry(image_size, patch_size, embed_dim, num_heads, chunk_size)
+    require_positive_int("num_classes", num_classes)
+    inputs, images = _inputs_and_images(image_size, resize_to, include_preprocessing)
+    chunks = ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size, name="chunked_patches")(images)
+    slow_stream, _ = TemporalLatentBottleneck(
+        num_latents=num_latents,
+        num_layers=num_layers,
+        r=r,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        dropout_rate=dropout_rate,
+        attention_dropout=attention_dropout,
+        name="temporal_latent_bottleneck",
+    )(chunks)
+    x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(slow_stream)
+    x = layers.GlobalAveragePooling1D(name="mean_over_latents")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+BASELINE_ARGS = (
+    "image_size",
+    "resize_to",
+    "patch_size",
+    "embed_dim",
+    "num_layers",
+    "num_heads",
+    "mlp_ratio",
+    "dropout_rate",
+    "attention_dropout",
+    "num_classes",
+    "include_preprocessing",
+)
+
+
+def baseline_kwargs(tlb_kwargs):
+    """The subset of :func:`build_tlb` arguments that :func:`build_vit_baseline` shares (same width/depth).
+
+    >>> baseline_kwargs({"embed_dim": 64, "chunk_size": 8, "r": 2})
+    {'embed_dim': 64}
+    """
+    return {key: value for key, value in tlb_kwargs.items() if key in BASELINE_ARGS}
+
+
+def build_vit_baseline(
+    image_size=32,
+    resize_to=None,
+    patch_size=4,
+    embed_dim=64,
+    num_layers=4,
+    num_heads=1,
+    mlp_ratio=4,
+    dropout_rate=0.0,
+    attention_dropout=0.0,
+    num_classes=10,
+    include_preprocessing=True,
+    name="vit_baseline",
+):
+    """A plain ViT of the same width and depth as :func:`build_tlb`, from the same blocks.
+
+    ``preprocessing -> ChunkedPatchEmbedding with one chunk holding every patch -> num_layers
+    self-attention AttentionBlocks over all tokens -> LayerNorm -> mean over tokens -> Dense``. It is the
+    TLB without chunks and without the slow stream: every token attends to every other token at once.
+    Use ``build_vit_baseline(**baseline_kwargs(profile.model))`` for a like-for-like comparison.
+
+    Shapes: ``(batch, 32, 32, 3)`` uint8 -> ``(batch, num_classes)`` logits.
+    """
+    side = _check_geometry(image_size, patch_size, embed_dim, num_heads)
+    require_positive_int("num_layers", num_layers)
+    require_positive_int("num_classes", num_classes)
+    num_patches = side * side
+    inputs, images = _inputs_and_images(image_size, resize_to, include_preprocessing)
+    chunks = ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size=num_patches, name="patches")(images)
+    x = layers.Reshape((num_patches, embed_dim), name="tokens")(chunks)
+    for i in range(num_layers):
+        x, _ = AttentionBlock(
+            num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout,
+            name=f"block_{i}",
+        )(x)
+    x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
+    x = layers.GlobalAveragePooling1D(name="mean_over_tokens")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def _bottleneck_layer(model):
+    found = [layer for layer in model.layers if isinstance(layer, TemporalLatentBottleneck)]
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected one TemporalLatentBottleneck layer in {model.name!r}, found {len(found)}: "
+            "pass a model made by build_tlb (the ViT baseline has no slow stream to show)."
+        )
+    return found[0]
+
+
+def visualization_model(model):
+    """A model on the same weights as ``model`` that also returns the slow stream's attention.
+
+    Outputs a dict: ``"logits"`` ``(batch, num_classes)`` and ``"slow_stream_attention"``
+    ``(batch, num_chunks, num_heads, num_latents, chunk_size)``: for every chunk, how each latent of the
+    slow stream spread its attention over that chunk's tokens when it was updated. Nothing is copied or
+    unrolled: these are the RNN's per-step outputs of the very graph that ``fit`` trains.
+    """
+    bottleneck = _bottleneck_layer(model)
+    _, scores = bottleneck.output
+    return keras.Model(
+        model.input,
+        {"logits": model.output, "slow_stream_attention": scores},
+        name=f"{model.name}_visualization",
+    )
+
+
+def analyze(viz_model, images, batch_size=256):
+    """Class probabilities and slow-stream attention maps on the patch grid, for ``viz.explore``.
+
+    Each chunk's map is the attention of the slow-stream update over that chunk's tokens, averaged over
+    heads and latents (so it sums to 1 over the chunk) and placed at the chunk's patches on the
+    ``grid x grid`` patch grid; patches outside the chunk are 0.
+
+    Args:
+        viz_model: from :func:`visualization_model`.
+        images: uint8 images ``(batch, 32, 32, 3)`` (or what the model takes).
+
+    Returns:
+        ``(probabilities, maps)``: ``probabilities`` ``(batch, num_classes)``; ``maps`` a dict with
+        ``"slow-stream attention, chunk by chunk"`` ``(batch, num_chunks, grid, grid)`` (a slider over
+        chunks: the image read so far, one chunk at a time) and ``"slow-stream attention, all chunks"``
+        ``(batch, 1, grid, grid)``, the sum of the per-chunk maps: the whole image at the end of the
+        sequence.
+    """
+    outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
+    logits = np.asarray(outputs["logits"], dtype="float64")
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = (exp / exp.sum(axis=-1, keepdims=True)).astype("float32")
+    scores = np.asarray(outputs["slow_stream_attention"], dtype="float32")
+    batch, num_chunks, _, _, chunk_size = scores.shape
+    per_token = scores.mean(axis=(2, 3))  # (batch, num_chunks, chunk_size)
+    num_patches = num_chunks * chunk_size
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(f"Cannot lay {num_patches} patches on a square grid.")
+    per_chunk = np.zeros((batch, num_chunks, num_patches), dtype="float32")
+    for k in range(num_chunks):
+        per_chunk[:, k, k * chunk_size : (k + 1) * chunk_size] = per_token[:, k]
+    per_chunk = per_chunk.reshape(batch, num_chunks, grid, grid)
+    maps = {
+        "slow-stream attention, chunk by chunk": per_chunk,
+        "slow-stream attention, all chunks": per_chunk.sum(axis=1, keepdims=True),
+    }
+    return probabilities, maps
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+PROFILES = {
+    "smoke": Profile(
+        name="smoke",
+        epochs=1,
+        batch_size=64,
+        train_samples=512,
+        eval_samples=256,
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        model=dict(
+            image_size=32, patch_size=8, embed_dim=32, chunk_size=4, num_latents=4, num_layers=2, r=1,
+            num_heads=1,
+        ),
+        note="a tiny model on 512 images: only checks that the notebook runs end to end",
+    ),
+    "workshop": Profile(
+        name="workshop",
+        epochs=4,
+        batch_size=128,
+        train_samples=8_000,
+        eval_samples=2_000,
+        learning_rate=3e-3,
+        weight_decay=1e-4,
+        warmup_epochs=0.5,
+        model=dict(
+            image_size=32, patch_size=4, embed_dim=64, chunk_size=16, num_latents=8, num_layers=2, r=1,
+            num_heads=2,
+        ),
+        note=(
+            "sized for a 2-core CPU: 64 patch tokens in 4 chunks of 16 (two patch rows each). Measured on "
+            "the shared 2-core CPU (TensorFlow): 22-51 s per epoch depending on load, plus 25-60 s of "
+            "compilation; one run took 158 s of training and reached 37.7% validation accuracy (offline "
+            "JPEG copy of CIFAR-10). The ViT baseline on this profile trains about 3x faster"
+        ),
+    ),
+    "full": Profile(
+        name="full",
+        epochs=30,
+        batch_size=1024,
+        train_samples=None,
+        eval_samples=None,
+        learning_rate=5e-5,
+        weight_decay=1e-4,
+        model=dict(
+            image_size=48, resize_to=52, patch_size=4, embed_dim=64, chunk_size=8, num_latents=8,
+            num_layers=4, r=2, num_heads=1, mlp_ratio=4, dropout_rate=0.2, attention_dropout=0.2,
+        ),
+        note=(
+            "the reference example's model and schedule length (48 px crops of 52 px, 4 px patches, 18 "
+            "chunks of 8, 4 layers, r=2, width 64, 1 head, dropout 0.2, AdamW 30 epochs on 40,000 images; "
+            "it reports 48.9% validation). Its batch of 2048 was trained in float16; in float32 a training "
+            "step needs about 8-10 MB of activations per image (XLA estimate), ~19 GB at 2048, so we use "
+            "1024 (~10 GB) to fit a 16 GB T4 and halve its learning rate 1e-4 -> 5e-5 (linear scaling). "
+            "The example keeps the rate constant; here it follows the course's cosine decay"
+        ),
+    ),
+}

@@ -14,7 +14,7 @@ from course_utils.models.temporal_latent_bottleneck import (
     TemporalLatentBottleneck,
     TLBCell,
 )
-from tests.helpers import check_layer, check_model_round_trip, random_inputs, train_one_step
+from helpers import check_layer, check_model_round_trip, random_inputs, train_one_step
 
 # A tiny model: 16 px images, 4 px patches -> a 4x4 grid of 16 tokens -> 4 chunks of 4 tokens.
 # num_latents (3) differs from chunk_size (4) so that shapes tell the two streams apart.

@@ -3,11 +3,13 @@
 ``python -m course_utils run [--profile P] [--backend B] [notebooks ...]`` executes each notebook into a
 fresh run folder (the committed notebooks are never touched), prints a progress line per notebook, and
 prints and saves a summary table: notebook, profile, backend, device, test accuracy, training time,
-parameter count, status. A failing notebook is reported with the cell that failed, and the others
-still run; the exit status is non-zero if any failed.
+parameter count, status. ``--backend all`` runs every notebook on TensorFlow, JAX and PyTorch in turn
+(one sub-folder per backend, one table). A failing notebook is reported with the cell that failed, and
+the others still run; the exit status is non-zero if any failed.
 """
 
 import argparse
+import contextlib
 import datetime
 import glob
 import json
@@ -19,6 +21,7 @@ import time
 from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
 
 BACKENDS = ("tensorflow", "jax", "torch")
+ALL_BACKENDS = "all"
 COLUMNS = (
     ("notebook", "notebook"),
     ("profile", "profile"),
@@ -75,15 +78,39 @@ def describe_failure(error):
     return f"failed at {where}{name}: {value[0] if value else ''}"[:200]
 
 
+@contextlib.contextmanager
+def _environment(**values):
+    """Set environment variables for the kernels started inside the block, then restore the old ones."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_notebook(notebook, output_path, profile, backend, timeout=None):
     """Execute one notebook with papermill; return a summary row (a dict)."""
+    settings = {
+        "KERAS_BACKEND": backend,
+        # No widget frontend: explorers draw static figures, and papermill stores no widget state.
+        "COURSE_UTILS_STATIC": "1",
+        # Keep TensorFlow's C++ start-up log out of the outputs.
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        # Backups next to the executed notebook, so runs on different backends never restore each other's.
+        "COURSE_BACKUP_DIR": os.environ.get("COURSE_BACKUP_DIR", str(output_path.parent / "backup")),
+    }
+    with _environment(**settings):
+        return _execute(notebook, output_path, profile, backend, timeout)
+
+
+def _execute(notebook, output_path, profile, backend, timeout):
     import papermill
 
-    os.environ["KERAS_BACKEND"] = backend
-    # No widget frontend: explorers draw static figures, and papermill stores no widget state.
-    os.environ["COURSE_UTILS_STATIC"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up log out of the outputs
-    os.environ.setdefault("COURSE_BACKUP_DIR", str(output_path.parent / "backup"))
     start = time.perf_counter()
     row = {"notebook": pathlib.Path(notebook).stem, "profile": profile, "backend": backend}
     try:
@@ -130,22 +157,30 @@ def summary_table(rows):
 
 
 def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout=None):
-    """Run ``notebooks`` and return ``(rows, run_folder)``."""
+    """Run ``notebooks`` and return ``(rows, run_folder)``.
+
+    ``backend`` is one of ``BACKENDS``, ``"all"`` (each backend in turn, executed notebooks in one
+    sub-folder per backend), or None for ``$KERAS_BACKEND`` (default TensorFlow).
+    """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"Unknown profile {profile!r}: choose one of {PROFILE_NAMES}.")
     backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend not in BACKENDS:
-        raise ValueError(f"Unknown backend {backend!r}: choose one of {BACKENDS}.")
+    if backend not in (*BACKENDS, ALL_BACKENDS):
+        raise ValueError(f"Unknown backend {backend!r}: choose one of {BACKENDS} or {ALL_BACKENDS!r}.")
     notebooks = find_notebooks(notebooks)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = pathlib.Path(output_root) / f"{stamp}-{profile}-{backend}"
     folder.mkdir(parents=True, exist_ok=False)
+    backends = BACKENDS if backend == ALL_BACKENDS else (backend,)
     print(f"Running {len(notebooks)} notebook(s), profile {profile}, backend {backend}, into {folder}", flush=True)
     rows = []
-    for number, notebook in enumerate(notebooks, start=1):
-        name = pathlib.Path(notebook).name
-        print(f"[{number}/{len(notebooks)}] {name} ...", end=" ", flush=True)
-        row = run_notebook(notebook, folder / name, profile, backend, timeout)
+    jobs = [(name, notebook) for name in backends for notebook in notebooks]
+    for number, (name, notebook) in enumerate(jobs, start=1):
+        target = folder / name if backend == ALL_BACKENDS else folder
+        target.mkdir(exist_ok=True)
+        label = f"{pathlib.Path(notebook).name}" + (f" on {name}" if backend == ALL_BACKENDS else "")
+        print(f"[{number}/{len(jobs)}] {label} ...", end=" ", flush=True)
+        row = run_notebook(notebook, target / pathlib.Path(notebook).name, profile, name, timeout)
         rows.append(row)
         accuracy = "" if row.get("test_accuracy") is None else f", test accuracy {100 * row['test_accuracy']:.1f}%"
         print(f"{row['status']} ({row['wall_seconds']:.0f} s{accuracy})", flush=True)
@@ -164,7 +199,8 @@ def main(argv=None):
     run_parser = commands.add_parser("run", help="execute notebooks with papermill and summarise the results")
     run_parser.add_argument("notebooks", nargs="*", help="notebooks or folders (default: notebooks/)")
     run_parser.add_argument("--profile", default="workshop", choices=PROFILE_NAMES)
-    run_parser.add_argument("--backend", default=None, choices=BACKENDS, help="default: $KERAS_BACKEND or tensorflow")
+    run_parser.add_argument("--backend", default=None, choices=(*BACKENDS, ALL_BACKENDS),
+                            help="default: $KERAS_BACKEND or tensorflow; 'all' runs each backend in turn")
     run_parser.add_argument("--output", default="runs", help="folder that receives one run folder per run")
     run_parser.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
     args = parser.parse_args(argv)

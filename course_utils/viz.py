@@ -7,6 +7,7 @@ the functions that need them, so tests and CI run without any notebook frontend.
 import importlib.util
 import io
 import os
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +18,7 @@ from course_utils.data import CLASS_NAMES as CIFAR10_CLASSES
 
 MEAN_OF_ALL = -1  # item-dropdown value meaning "average over every head / token / gate"
 MAX_STATIC_ITEMS = 8  # more single-item columns than this is unreadable in a static figure
+STATIC_TITLE_WIDTH = 18  # characters per line of a static column title
 
 
 def upsample(heatmap, size):
@@ -226,7 +228,10 @@ def _static_explorer_figure(batch, probabilities, maps, class_names, labels, ind
         axes[row, 0].set_title(_prediction_title(probabilities[row], class_names, label), fontsize=8)
         axes[row, 0].axis("off")
         for column, (heading, heatmap) in enumerate(_static_columns(maps, row), start=1):
-            overlay(axes[row, column], image, heatmap, title=heading if row == 0 else None)  # titles once
+            # Titles once, wrapped to the column's width: map names like "slow-stream attention, all chunks"
+            # would otherwise run into the neighbouring columns.
+            heading = textwrap.fill(heading, STATIC_TITLE_WIDTH) if row == 0 else None
+            overlay(axes[row, column], image, heatmap, title=heading)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -234,11 +239,16 @@ def _static_explorer_figure(batch, probabilities, maps, class_names, labels, ind
 
 
 def _static_columns(maps, row):
-    """(title, map) of each overlay column for one image: the first map's items and mean, other means."""
+    """(title, map) of each overlay column for one image: the first map's items and mean, other means.
+
+    A map with a single item is one column titled by its name alone (its mean would repeat it).
+    """
     names = list(maps)
     first = maps[names[0]][row]
-    columns = [(f"{names[0]} {k + 1}", first[k]) for k in range(min(len(first), MAX_STATIC_ITEMS))]
-    if len(first) > 1:  # with a single item its mean would repeat the same picture
+    if len(first) == 1:
+        columns = [(names[0], first[0])]
+    else:
+        columns = [(f"{names[0]} {k + 1}", first[k]) for k in range(min(len(first), MAX_STATIC_ITEMS))]
         columns.append((f"{names[0]} mean", first.mean(axis=0)))
     others = [(name, maps[name][row]) for name in names[1:]]
     return columns + [(name if len(m) == 1 else f"{name} mean", m.mean(axis=0)) for name, m in others]

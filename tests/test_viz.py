@@ -150,6 +150,14 @@ def test_explore_static_adds_one_mean_column_per_other_map_and_caps_items():
     assert [ax.get_title() for ax in fig.axes[8:11]] == ["block 1 8", "block 1 mean", "block 2 mean"]
 
 
+def test_explore_static_wraps_long_column_titles():
+    long_name = "slow-stream attention, all chunks"
+    fig = viz.explore(CountingAnalyze({long_name: (1, 4, 4)}), make_images(1), static=True)
+    title = fig.axes[1].get_title()
+    assert title.replace("\n", " ") == long_name
+    assert max(len(line) for line in title.splitlines()) <= viz.STATIC_TITLE_WIDTH < len(long_name)
+
+
 def test_explore_auto_mode_outside_a_kernel_is_static():
     assert isinstance(viz.explore(CountingAnalyze(), make_images(3)), Figure)
 

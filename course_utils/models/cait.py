@@ -828,6 +828,7 @@ PROFILES = {
         batch_size=64,
         train_samples=512,
         eval_samples=256,
+        test_samples=1000,
         learning_rate=2e-3,
         weight_decay=0.05,
         model=dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_attention_depth=2,

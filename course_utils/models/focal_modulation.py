@@ -827,6 +827,7 @@ PROFILES = {
         batch_size=64,
         train_samples=512,
         eval_samples=256,
+        test_samples=1000,
         learning_rate=1e-3,
         model=dict(image_size=32, embed_dim=16, depths=(1, 1), focal_levels=2, mlp_ratio=2.0, dropout_rate=0.0),
         note="tiny 2-stage FocalNet, 512 images: proves the notebook runs",

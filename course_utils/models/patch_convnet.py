@@ -574,6 +574,7 @@ PROFILES = {
         batch_size=64,
         train_samples=512,
         eval_samples=256,
+        test_samples=1000,
         learning_rate=1e-3,
         weight_decay=1e-4,
         warmup_epochs=0.0,

@@ -22,6 +22,7 @@ _PUBLIC = {
     "train_val_split": "course_utils.data",
     "CLASS_NAMES": "course_utils.data",
     "explore": "course_utils.viz",
+    "distribution_scope": "course_utils.distribute",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -32,4 +33,8 @@ def __getattr__(name):
         raise AttributeError(f"module 'course_utils' has no attribute {name!r}")
     # Importing the models package registers every custom layer, so saved course models always load.
     importlib.import_module("course_utils.models").import_all()
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    # Importing ``course_utils.setup`` binds the *submodule* to the package attribute ``setup``; cache
+    # the function over it, or a second ``course_utils.setup(...)`` (re-running a cell) calls a module.
+    globals()[name] = value
+    return value

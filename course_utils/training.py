@@ -16,6 +16,7 @@ import time
 import keras
 import numpy as np
 
+from course_utils import distribute
 from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
 
 
@@ -134,44 +135,85 @@ def compile_for_profile(model, profile, num_samples):
 
 @dataclasses.dataclass
 class TrainingResult:
-    """What ``train`` returns: the per-epoch history and the wall-clock training time."""
+    """What ``train`` returns: the per-epoch history and the wall-clock training time.
+
+    Attributes:
+        history: metric name -> one value per epoch *this call* ran (``epochs - initial_epoch`` values).
+        seconds: wall-clock time of this call's ``fit``.
+        epochs: the profile's total number of epochs.
+        initial_epoch: epochs already done by an earlier, interrupted call (restored from the backup);
+            0 for a fresh run.
+    """
 
     history: dict
     seconds: float
     epochs: int
+    initial_epoch: int = 0
+
+
+def backup_folder(run_name, profile, backup_root=None):
+    """Where :func:`train` keeps the backup of ``run_name`` on ``profile``: ``backup_root/<run_name>-<profile>``.
+
+    One folder per run *and* profile, so an interrupted smoke run is never restored into a workshop run.
+    ``backup_root`` defaults to env ``COURSE_BACKUP_DIR``, else ``./backup``.
+    """
+    backup_root = backup_root or os.environ.get("COURSE_BACKUP_DIR", "backup")
+    return os.path.join(backup_root, f"{run_name}-{profile.name}")
 
 
 def train(model, train_data, val_data, profile, run_name, backup_root=None, callbacks=(), verbose="auto"):
     """Compile and fit ``model`` on uint8 arrays according to ``profile``.
 
-    ``keras.callbacks.BackupAndRestore`` keeps a backup under ``backup_root/run_name`` after every epoch, so
-    re-running this call after a disconnect (a Colab session that dropped) resumes from the last finished
-    epoch instead of starting over. The backup is deleted when training completes.
+    ``keras.callbacks.BackupAndRestore`` keeps a backup (:func:`backup_folder`) after every epoch, so
+    re-running this call after a disconnect (a Colab session that dropped, a killed process) resumes from the
+    last finished epoch instead of starting over; ``TrainingResult.initial_epoch`` says where it resumed.
+    The backup is deleted when training completes.
+
+    A model built inside :func:`course_utils.distribute.distribution_scope` is compiled and trained
+    data-parallel on the devices it was built on (``profile.batch_size`` is the global batch); on JAX the
+    last ``len(images) % devices`` training and validation samples are then dropped, because every batch
+    must split evenly.
 
     Args:
-        model: a model that maps uint8 images to logits.
-        train_data, val_data: ``(images, labels)`` tuples of numpy arrays.
+        model: a model that maps uint8 images ``(batch, height, width, 3)`` to logits ``(batch, classes)``.
+        train_data, val_data: ``(images, labels)`` tuples of numpy arrays, ``(n, height, width, 3)`` and
+            ``(n,)`` or ``(n, 1)``; ``val_data`` may be ``None``.
         profile: a :class:`Profile`.
         run_name: names the backup folder; use one per model in a notebook.
         backup_root: where backups live (default: env ``COURSE_BACKUP_DIR`` or ``./backup``).
-        callbacks: extra Keras callbacks.
+        callbacks: extra Keras callbacks (they run after the backup callback).
     """
-    x_train, y_train = train_data
-    compile_for_profile(model, profile, len(x_train))
-    backup_root = backup_root or os.environ.get("COURSE_BACKUP_DIR", "backup")
-    backup = keras.callbacks.BackupAndRestore(os.path.join(backup_root, run_name))
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile (see select_profile), got {type(profile).__name__}.")
+    if not isinstance(run_name, str) or not run_name.strip() or os.sep in run_name:
+        raise ValueError(f"run_name must be a non-empty folder name (no {os.sep!r}), got {run_name!r}.")
+    plan = distribute.plan_of(model)
+    plan.per_device_batch(profile.batch_size)  # raises if the global batch does not split evenly
+    (x_train, y_train), dropped = plan.even_split(*train_data)
+    if val_data is not None:
+        val_data, dropped_val = plan.even_split(*val_data)
+        dropped += dropped_val
+    if dropped:
+        print(f"{plan.describe()}: dropped {dropped} sample(s) so that every batch splits evenly")
+    # Two checkpoints, so a kill while one is being written leaves the other to resume from.
+    backup = keras.callbacks.BackupAndRestore(backup_folder(run_name, profile, backup_root), double_checkpoint=True)
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        batch_size=profile.batch_size,
-        epochs=profile.epochs,
-        validation_data=val_data,
-        callbacks=[backup, *callbacks],
-        verbose=verbose,
-    )
+    with plan.scope():  # TensorFlow needs compile (optimizer, metrics) in the strategy's scope; JAX needs fit in it
+        compile_for_profile(model, profile, len(x_train))
+        history = model.fit(
+            x_train,
+            y_train,
+            batch_size=profile.batch_size,
+            epochs=profile.epochs,
+            validation_data=val_data,
+            callbacks=[backup, *callbacks],
+            verbose=verbose,
+        )
     seconds = time.perf_counter() - start
-    return TrainingResult(history=dict(history.history), seconds=seconds, epochs=profile.epochs)
+    # fit starts at the epoch the backup restored; if the backup already held every epoch, none ran.
+    initial_epoch = history.epoch[0] if history.epoch else profile.epochs
+    return TrainingResult(history=dict(history.history), seconds=seconds, epochs=profile.epochs,
+                          initial_epoch=initial_epoch)
 
 
 def evaluate(model, images, labels, batch_size=256):

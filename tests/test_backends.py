@@ -16,8 +16,12 @@ import pytest
 from course_utils.runner import BACKENDS
 
 TESTS = pathlib.Path(__file__).resolve().parent
-# Tests that never touch a backend (data, plots, runner, notebooks) or that need their own environment.
-BACKEND_FREE = {"test_backends.py", "test_data.py", "test_viz.py", "test_runner.py", "test_notebooks.py"}
+# Tests that never touch a backend (data, plots, runner, notebooks, the benchmark CLI) or that need their own
+# environment.
+BACKEND_FREE = {
+    "test_backends.py", "test_data.py", "test_viz.py", "test_runner.py", "test_notebooks.py", "test_benchmarks.py",
+    "test_resilience.py", "test_distribution.py",  # these start their own subprocesses, with their own backends
+}
 UNIT_TESTS = sorted(
     path.name for path in TESTS.glob("test_*.py") if path.name not in BACKEND_FREE and not path.name.startswith("test_parity")
 )

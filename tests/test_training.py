@@ -62,12 +62,24 @@ def test_train_resumes_from_backup_and_cleans_up(tmp_path):
     model = tiny_model()
     with pytest.raises(KeyboardInterrupt):
         training.train(model, (x, y), (x, y), profile, "run", backup_root=tmp_path, callbacks=[StopAfterFirstEpoch()], verbose=0)
-    assert os.listdir(tmp_path / "run"), "no backup was written after the first epoch"
+    assert os.listdir(training.backup_folder("run", profile, tmp_path)), "no backup was written after the first epoch"
 
     result = training.train(tiny_model(), (x, y), (x, y), profile, "run", backup_root=tmp_path, verbose=0)
     assert len(result.history["loss"]) == 2  # resumed: only the two missing epochs ran
+    assert result.initial_epoch == 1 and result.epochs == 3
     assert result.seconds > 0
-    assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not os.listdir(training.backup_folder("run", profile, tmp_path))
+
+
+def test_train_checks_its_arguments(tmp_path):
+    x, y = np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 1))
+    profile = training.Profile(name="smoke", epochs=1, batch_size=2)
+    with pytest.raises(TypeError, match="Profile"):
+        training.train(tiny_model(), (x, y), (x, y), "smoke", "run", backup_root=tmp_path)
+    with pytest.raises(ValueError, match="run_name"):
+        training.train(tiny_model(), (x, y), (x, y), profile, "", backup_root=tmp_path)
+    fresh = training.train(tiny_model(), (x, y), None, profile, "run", backup_root=tmp_path, verbose=0)
+    assert fresh.initial_epoch == 0 and len(fresh.history["loss"]) == 1
 
 
 def test_evaluate_is_top1_accuracy():

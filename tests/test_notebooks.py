@@ -1,6 +1,7 @@
-"""Every notebook: valid and clean as committed, and executed end to end on the smoke profile twice,
-once through nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce their committed output) and once
-through the course runner (papermill)."""
+"""Every notebook: valid and clean as committed, and executed end to end on the smoke profile through
+the course runner (papermill) on TensorFlow, JAX and PyTorch, and once more through nbval (cells marked
+NBVAL_CHECK_OUTPUT must reproduce their committed output). tests/test_resilience.py runs each one twice in
+one kernel."""
 
 import os
 import pathlib
@@ -48,11 +49,13 @@ def test_committed_notebook_is_valid_and_holds_a_real_run(path):
 
 
 @pytest.mark.notebook
+@pytest.mark.parametrize("backend", runner.BACKENDS)
 @by_name
-def test_notebook_runs_through_the_runner_on_smoke(path, tmp_path):
-    rows, folder = runner.run([str(path)], profile="smoke", output_root=tmp_path)
+def test_notebook_runs_through_the_runner_on_smoke(path, backend, tmp_path):
+    rows, folder = runner.run([str(path)], profile="smoke", backend=backend, output_root=tmp_path)
     row = rows[0]
     assert row["status"] == "ok", row["status"]
+    assert row["backend"] == backend, "the notebook should report the backend the runner asked for"
     assert 0.0 <= row["test_accuracy"] <= 1.0 and row["parameters"] > 0
     executed = nbformat.read(folder / path.name, as_version=4)
     assert "widgets" not in executed.metadata

@@ -1,6 +1,7 @@
 """The runner on small stand-in notebooks (no training), so its behaviour is checked in seconds."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -71,3 +72,32 @@ def test_bad_arguments_are_explained(tmp_path, capsys):
         runner.run([], profile="huge")
     with pytest.raises(ValueError, match="Unknown backend"):
         runner.run([], backend="mxnet")
+
+
+def test_runner_runs_every_backend_in_its_own_folder_and_restores_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.delenv("COURSE_BACKUP_DIR", raising=False)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    # The notebook reports the backend and backup folder its kernel was started with.
+    write_notebook(folder / "01_env.ipynb", [
+        "import os, json\n"
+        "from IPython.display import display\n"
+        f"display({{'{RESULT_MIMETYPE}': {{'notebook': 'x', 'backend': os.environ['KERAS_BACKEND'], "
+        "'device': os.environ['COURSE_BACKUP_DIR'], 'test_accuracy': 0.5, 'train_seconds': 1, 'parameters': 1}, "
+        "'text/plain': ''}, raw=True)"
+    ])
+    rows, run_folder = runner.run([str(folder)], profile="smoke", backend="all", output_root=tmp_path / "runs")
+    assert run_folder.name.endswith("-smoke-all")
+    assert [row["backend"] for row in rows] == list(runner.BACKENDS)
+    assert all(row["status"] == "ok" for row in rows)
+    for row, backend in zip(rows, runner.BACKENDS):
+        assert (run_folder / backend / "01_env.ipynb").exists()
+        assert row["device"] == str(run_folder / backend / "backup")  # backups never shared across backends
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"  # the caller's setting is back
+    assert "COURSE_BACKUP_DIR" not in os.environ
+
+
+def test_runner_rejects_an_unknown_backend(tmp_path):
+    with pytest.raises(ValueError, match="all"):
+        runner.run([], profile="smoke", backend="numpy", output_root=tmp_path)

@@ -6,7 +6,7 @@ a plain array slice and never the bottleneck.
 """
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from course_utils.models.blocks import PACKAGE, require_positive_int
 
@@ -16,7 +16,9 @@ class RandomOrCenterCrop(layers.Layer):
     """Random crop in training, centre crop at inference, so both paths give ``size x size`` images.
 
     Keras's ``RandomCrop`` passes its input through unchanged at inference, which would hand the rest of
-    the model a different image size than in training. This layer makes the inference path explicit.
+    the model a different image size than in training; it also declares itself unfit for XLA, which makes
+    Keras train the *whole* model without compilation (op by op on JAX). This layer draws one offset per
+    image with ``keras.random`` and gathers the window with ``keras.ops``, so it compiles on every backend.
 
     Shapes: ``(batch, height, width, channels)`` -> ``(batch, size, size, channels)``.
     """
@@ -25,21 +27,36 @@ class RandomOrCenterCrop(layers.Layer):
         super().__init__(**kwargs)
         self.size = require_positive_int("size", size)
         self.seed = seed
-        self.random_crop = layers.RandomCrop(size, size, seed=seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.center_crop = layers.CenterCrop(size, size)
 
     def build(self, input_shape):
         height, width = input_shape[1], input_shape[2]
-        if height is not None and (height < self.size or width < self.size):
+        if height is None or width is None:
+            raise ValueError(f"RandomOrCenterCrop needs images of known height and width, got {tuple(input_shape)}.")
+        if height < self.size or width < self.size:
             raise ValueError(
                 f"Cannot crop {self.size}x{self.size} out of {height}x{width} images: resize to at least "
                 f"{self.size} pixels first."
             )
 
+    def _window(self, images, axis, offsets):
+        """Keep ``size`` consecutive rows (axis 1) or columns (axis 2) of each image, from its own offset."""
+        steps = ops.arange(self.size, dtype="int32")
+        index = offsets[:, None] + steps[None, :]  # (batch, size)
+        index = ops.expand_dims(index, axis=[2, 3] if axis == 1 else [1, 3])
+        shape = list(ops.shape(images))
+        shape[axis] = self.size
+        return ops.take_along_axis(images, ops.broadcast_to(index, shape), axis=axis)
+
     def call(self, images, training=None):
-        if training:
-            return self.random_crop(images, training=True)
-        return self.center_crop(images)
+        if not training:
+            return self.center_crop(images)
+        batch = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        top = keras.random.randint((batch,), 0, height - self.size + 1, dtype="int32", seed=self.seed_generator)
+        left = keras.random.randint((batch,), 0, width - self.size + 1, dtype="int32", seed=self.seed_generator)
+        return self._window(self._window(images, 1, top), 2, left)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.size, self.size, input_shape[3])

@@ -49,3 +49,36 @@ def test_bad_sizes_are_rejected():
         preprocessing(image_size=32, resize_to=30)
     with pytest.raises(ValueError, match="resize to at least 8"):
         RandomOrCenterCrop(8)(np.zeros((1, 6, 6, 3), "float32"))
+
+
+def windows(image, size):
+    """Every ``size x size`` window of one ``(height, width, channels)`` image, keyed by its offset."""
+    height, width = image.shape[:2]
+    return {(top, left): image[top:top + size, left:left + size]
+            for top in range(height - size + 1) for left in range(width - size + 1)}
+
+
+def test_random_crops_are_windows_of_each_image_at_offsets_drawn_per_image():
+    images = np.random.default_rng(1).random((16, 10, 10, 2)).astype("float32")
+    crops = keras.ops.convert_to_numpy(RandomOrCenterCrop(6, seed=3)(images, training=True))
+    offsets = []
+    for image, crop in zip(images, crops):
+        found = [offset for offset, window in windows(image, 6).items() if np.array_equal(window, crop)]
+        assert found, "a random crop must be an unchanged window of its own image"
+        offsets.append(found[0])
+    assert len(set(offsets)) > 4, f"16 images got only the offsets {sorted(set(offsets))}: drawn once per batch?"
+    corners = {(0, 0), (4, 4)}
+    wide = RandomOrCenterCrop(6, seed=5)
+    seen = set()
+    for _ in range(30):  # every offset, the extreme ones included, can be drawn
+        crops = keras.ops.convert_to_numpy(wide(images, training=True))
+        seen |= {offset for image, crop in zip(images, crops)
+                 for offset, window in windows(image, 6).items() if np.array_equal(window, crop)}
+    assert corners <= seen
+
+
+def test_preprocessing_lets_keras_compile_the_model_with_xla():
+    # One layer that declares supports_jit = False (Keras's RandomCrop does) makes jit_compile="auto" run the
+    # whole model uncompiled, op by op on JAX.
+    layers = preprocessing(image_size=24, resize_to=28)
+    assert [layer.name for layer in layers.layers if not layer.supports_jit] == []

@@ -1,18 +1,15 @@
-"""Training and notebooks survive what happens in a course: a killed kernel, a cell run twice.
+"""Training survives what happens in a course: a killed kernel.
 
-* A real training run in a subprocess is killed with SIGKILL in the middle of an epoch, then the same
-  command is started again: it must resume from ``train``'s backup, finish, clean up and save a model
-  that loads and predicts.
-* Every notebook runs twice in the same kernel (all its cells, then all of them again) on the smoke
-  profile without an error.
+A real training run in a subprocess is killed with SIGKILL in the middle of an epoch, then the same command
+is started again: it must resume from ``train``'s backup, finish, clean up and save a model that loads and
+predicts.
 
-(The runner surviving a notebook that raises is covered by ``test_runner.py``.)
+(Each notebook run twice in one kernel is tests/test_notebooks.py's nbval test; the runner surviving a
+notebook that raises is covered by ``test_runner.py``.)
 """
 
-import copy
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -20,15 +17,10 @@ import textwrap
 import threading
 
 import keras
-import nbformat
 import numpy as np
-import papermill
 import pytest
 
-from course_utils.constants import RESULT_MIMETYPE
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 EPOCHS, STEPS = 4, 32
 KILL_AT = (1, 5)  # (epoch, batch): the first run is killed here, after epoch 0 was backed up
 
@@ -160,47 +152,3 @@ def test_a_killed_training_run_resumes_from_its_backup(tmp_path):
     logits = keras.ops.convert_to_numpy(restored.predict(x, verbose=0))
     assert logits.shape == (8, 3) and np.all(np.isfinite(logits))
     np.testing.assert_allclose(logits, np.load(f"{model_path}.logits.npy"), rtol=1e-5, atol=1e-5)
-
-
-def test_the_course_has_notebooks_to_run_twice():
-    assert NOTEBOOKS, f"no notebooks found in {ROOT / 'notebooks'}"
-
-
-def doubled(notebook):
-    """A copy of ``notebook`` whose cells are its cells twice (fresh ids for the second copy)."""
-    twice = copy.deepcopy(notebook)
-    again = copy.deepcopy(notebook.cells)
-    for index, cell in enumerate(again):
-        cell["id"] = f"again-{index}"
-    twice.cells = notebook.cells + again
-    return twice
-
-
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_notebook_runs_twice_in_the_same_kernel(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_UTILS_STATIC", "1")
-    monkeypatch.setenv("COURSE_BACKUP_DIR", str(tmp_path / "backup"))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    prepared = tmp_path / f"prepared_{path.name}"
-    papermill.execute_notebook(
-        str(path), str(prepared), parameters={"profile": "smoke"}, prepare_only=True, progress_bar=False
-    )
-    notebook = nbformat.read(prepared, as_version=4)
-    code = sum(cell.cell_type == "code" for cell in notebook.cells)
-    source, executed = tmp_path / f"twice_{path.name}", tmp_path / f"executed_{path.name}"
-    nbformat.write(doubled(notebook), source)
-    # Raises PapermillExecutionError, naming the cell and the exception, if any cell fails.
-    papermill.execute_notebook(str(source), str(executed), cwd=str(tmp_path), progress_bar=False)
-
-    result = nbformat.read(executed, as_version=4)
-    code_cells = [cell for cell in result.cells if cell.cell_type == "code"]
-    assert len(code_cells) == 2 * code
-    assert all(cell.execution_count for cell in code_cells), "not every cell ran"
-    assert [cell.execution_count for cell in code_cells] == sorted(cell.execution_count for cell in code_cells)
-    assert code_cells[code].execution_count > code_cells[code - 1].execution_count  # one kernel, in order
-    outputs = [output for cell in code_cells for output in cell.outputs]
-    records = [output.data[RESULT_MIMETYPE] for output in outputs if RESULT_MIMETYPE in output.get("data", {})]
-    assert not [output for output in outputs if output.output_type == "error"]
-    assert len(records) >= 2 and len(records) % 2 == 0, "each pass should report its result"
-    assert all(record["profile"] == "smoke" for record in records)

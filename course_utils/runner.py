@@ -140,7 +140,7 @@ def format_cell(key, value):
     if key == "test_accuracy":
         return f"{100 * value:.1f}%"
     if key in ("train_seconds", "wall_seconds"):
-        return f"{value:.0f} s"
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"  # "0 s" would hide a short smoke run
     if key == "parameters":
         return f"{value:,}"
     return str(value)

@@ -50,7 +50,7 @@ def test_runner_reports_failures_and_runs_the_rest(notebooks, tmp_path, capsys):
     assert rows[0]["backend"] == "numpy"  # what the notebook reported wins over what was asked
     assert run_folder.name.endswith("-smoke-jax")
     table = (run_folder / "summary.md").read_text()
-    assert "| 01_good | smoke | numpy | CPU | 50.0% | 2 s | 123 |" in table
+    assert "| 01_good | smoke | numpy | CPU | 50.0% | 1.5 s | 123 |" in table
     assert json.loads((run_folder / "summary.json").read_text())[1]["notebook"] == "02_bad"
     printed = capsys.readouterr().out
     assert "[2/3] 02_bad.ipynb ... failed at cell In [4]" in printed

@@ -40,23 +40,22 @@ class RandomOrCenterCrop(layers.Layer):
                 f"{self.size} pixels first."
             )
 
-    def _window(self, images, axis, offsets):
-        """Keep ``size`` consecutive rows (axis 1) or columns (axis 2) of each image, from its own offset."""
-        steps = ops.arange(self.size, dtype="int32")
-        index = offsets[:, None] + steps[None, :]  # (batch, size)
-        index = ops.expand_dims(index, axis=[2, 3] if axis == 1 else [1, 3])
-        shape = list(ops.shape(images))
-        shape[axis] = self.size
-        return ops.take_along_axis(images, ops.broadcast_to(index, shape), axis=axis)
-
     def call(self, images, training=None):
         if not training:
             return self.center_crop(images)
         batch = ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
+        height, width, channels = images.shape[1], images.shape[2], images.shape[3]
         top = keras.random.randint((batch,), 0, height - self.size + 1, dtype="int32", seed=self.seed_generator)
         left = keras.random.randint((batch,), 0, width - self.size + 1, dtype="int32", seed=self.seed_generator)
-        return self._window(self._window(images, 1, top), 2, left)
+        # One gather of whole pixels: the index of pixel (i, j) of image b's window among all the
+        # batch's pixels, (batch, size, size). Cheaper than cropping rows, then columns.
+        steps = ops.arange(self.size, dtype="int32")
+        rows = top[:, None] + steps[None, :]
+        columns = left[:, None] + steps[None, :]
+        first_pixel = ops.arange(batch, dtype="int32") * (height * width)
+        index = first_pixel[:, None, None] + rows[:, :, None] * width + columns[:, None, :]
+        pixels = ops.reshape(images, (-1, channels))
+        return ops.take(pixels, index, axis=0)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.size, self.size, input_shape[3])

@@ -630,7 +630,7 @@ def slow_stream_size(model):
     """How many numbers the slow stream carries from one chunk to the next (latents x width)."""
     from course_utils.models import temporal_latent_bottleneck as tlb
 
-    return int(tlb._bottleneck_layer(model).cell.state_size)
+    return int(tlb.bottleneck_layer(model).cell.state_size)
 
 
 def check_chunk_size(answer_model, reference_model, num_chunks, scores_shape,
@@ -662,8 +662,9 @@ def check_bottleneck_size(answer_model, reference_model, model, memory_numbers, 
     the exercise asks for. Expected: the slow stream's size in ``model`` (latents x width), one chunk's size at
     the input (chunk_size x width), and how many parameters ``reference_model`` has fewer than ``model``.
     """
-    bottleneck = model.get_layer("temporal_latent_bottleneck")
-    cell = bottleneck.cell
+    from course_utils.models import temporal_latent_bottleneck as tlb
+
+    cell = tlb.bottleneck_layer(model).cell
     built = check_built(answer_model, reference_model, names[0],
                         {"slow-stream size": slow_stream_size, "parameters": count_parameters},
                         hint="tlb.build_tlb(**{**settings, \"num_latents\": ...}).")

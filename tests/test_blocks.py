@@ -76,8 +76,15 @@ def test_transformer_block_rejects_heads_that_do_not_divide_width():
         (blocks.require_positive_int, ("depth", 2.5), "positive integer"),
         (blocks.require_rate, ("dropout", -0.1), r"\[0, 1\)"),
         (blocks.require_divisible, ("width", 10, "heads", 4), "for example width=8 or width=12"),
+        (blocks.require_positive_number, ("mlp_ratio", 0), "`mlp_ratio` must be a positive number, got 0"),
+        (blocks.require_positive_number, ("mlp_ratio", True), "positive number"),
+        (blocks.require_positive_number, ("epsilon", -1.0, "1e-6"), "positive number such as 1e-6, got -1.0"),
     ],
 )
 def test_validators_name_the_fix(validator, args, message):
     with pytest.raises(ValueError, match=message):
         validator(*args)
+
+
+def test_require_positive_number_returns_a_float():
+    assert blocks.require_positive_number("epsilon", 1) == 1.0 and isinstance(blocks.require_positive_number("x", 2), float)

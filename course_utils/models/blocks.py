@@ -21,6 +21,17 @@ def require_positive_int(name, value):
     return value
 
 
+def require_positive_number(name, value, example=None):
+    """Raise a ValueError unless ``value`` is an int or float greater than zero; return it as a float.
+
+    ``example`` (a string, e.g. ``"1e-6"``) is named in the message as a typical value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        typical = "" if example is None else f" such as {example}"
+        raise ValueError(f"`{name}` must be a positive number{typical}, got {value!r}.")
+    return float(value)
+
+
 def require_rate(name, value):
     """Raise a ValueError unless ``0 <= value < 1`` (dropout-style probabilities)."""
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -40,6 +40,7 @@ from course_utils.models.blocks import (
     StochasticDepth,
     require_divisible,
     require_positive_int,
+    require_positive_number,
     require_rate,
 )
 from course_utils.training import Profile
@@ -56,12 +57,6 @@ VIZ_PREFIX = "class_attention_block_"
 # --------------------------------------------------------------------------------------------
 # Argument checks shared by the layers below
 # --------------------------------------------------------------------------------------------
-def _require_positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    return float(value)
-
-
 def _require_token_shape(layer, input_shape, minimum_tokens=1):
     """Check a ``(batch, tokens, channels)`` shape with known channels."""
     if len(input_shape) != 3 or input_shape[-1] is None:
@@ -272,14 +267,14 @@ class _ResidualBlock(layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_heads = require_positive_int("num_heads", num_heads)
-        self.mlp_ratio = _require_positive_number("mlp_ratio", mlp_ratio)
+        self.mlp_ratio = require_positive_number("mlp_ratio", mlp_ratio)
         self.qkv_bias = bool(qkv_bias)
         self.use_layer_scale = bool(use_layer_scale)
-        self.layer_scale_init = _require_positive_number("layer_scale_init", layer_scale_init)
+        self.layer_scale_init = require_positive_number("layer_scale_init", layer_scale_init)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.attention_dropout = require_rate("attention_dropout", attention_dropout)
         self.drop_path_rate = require_rate("drop_path_rate", drop_path_rate)
-        self.norm_epsilon = _require_positive_number("norm_epsilon", norm_epsilon)
+        self.norm_epsilon = require_positive_number("norm_epsilon", norm_epsilon)
 
     def _build_branches(self, attention, attention_input_shape, mlp_input_shape):
         channels = attention_input_shape[-1]
@@ -424,7 +419,7 @@ class ClassToken(layers.Layer):
 
     def __init__(self, initializer_stddev=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.initializer_stddev = _require_positive_number("initializer_stddev", initializer_stddev)
+        self.initializer_stddev = require_positive_number("initializer_stddev", initializer_stddev)
 
     def build(self, input_shape):
         _require_token_shape(self, input_shape)

@@ -38,6 +38,7 @@ from course_utils.models.blocks import (
     StochasticDepth,
     require_image_shape,
     require_positive_int,
+    require_positive_number,
     require_rate,
 )
 from course_utils.training import Profile
@@ -49,12 +50,6 @@ OVERLAP_KERNELS = {2: (3, 1), 4: (7, 2)}
 # --------------------------------------------------------------------------------------------
 # Argument checks specific to this paper
 # --------------------------------------------------------------------------------------------
-def _require_positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    return float(value)
-
-
 def _require_focal_level(focal_level):
     if isinstance(focal_level, bool) or not isinstance(focal_level, int) or focal_level < 1:
         raise ValueError(
@@ -117,7 +112,7 @@ class FocalDownsample(layers.Layer):
         self.stride = require_positive_int("stride", stride)
         self.embed_dim = require_positive_int("embed_dim", embed_dim)
         self.overlap = bool(overlap)
-        self.epsilon = _require_positive_number("epsilon", epsilon)
+        self.epsilon = require_positive_number("epsilon", epsilon)
         if self.overlap and self.stride not in OVERLAP_KERNELS:
             raise ValueError(
                 f"Overlapping downsampling is defined for stride 2 or 4 (as in timm), got stride={stride}. "
@@ -233,7 +228,7 @@ class FocalModulation(layers.Layer):
         self.normalize_modulator = bool(normalize_modulator)
         self.use_post_norm = bool(use_post_norm)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
-        self.epsilon = _require_positive_number("epsilon", epsilon)
+        self.epsilon = require_positive_number("epsilon", epsilon)
 
     def build(self, input_shape):
         require_image_shape(self.__class__.__name__, input_shape)
@@ -349,16 +344,16 @@ class FocalNetBlock(layers.Layer):
         self.focal_level = focal_level
         self.focal_window = focal_window
         self.focal_factor = focal_factor
-        self.mlp_ratio = _require_positive_number("mlp_ratio", mlp_ratio)
+        self.mlp_ratio = require_positive_number("mlp_ratio", mlp_ratio)
         self.use_post_norm = bool(use_post_norm)
         self.use_post_norm_in_modulation = bool(use_post_norm_in_modulation)
         self.normalize_modulator = bool(normalize_modulator)
         self.layerscale_value = (
-            None if layerscale_value is None else _require_positive_number("layerscale_value", layerscale_value)
+            None if layerscale_value is None else require_positive_number("layerscale_value", layerscale_value)
         )
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.drop_path_rate = require_rate("drop_path_rate", drop_path_rate)
-        self.epsilon = _require_positive_number("epsilon", epsilon)
+        self.epsilon = require_positive_number("epsilon", epsilon)
 
     def build(self, input_shape):
         require_image_shape(self.__class__.__name__, input_shape)

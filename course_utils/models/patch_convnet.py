@@ -37,6 +37,7 @@ from course_utils.models.blocks import (
     require_divisible,
     require_image_shape,
     require_positive_int,
+    require_positive_number,
     require_rate,
 )
 from course_utils.training import Profile
@@ -44,12 +45,6 @@ from course_utils.training import Profile
 STEM_STRIDE = 4  # two stride-2 convolutions: one patch vector per 4x4 pixels
 POOLING_LAYER = "attention_pooling"
 STEM_LAYER = "stem"
-
-
-def _require_epsilon(value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`epsilon` must be a small positive number such as 1e-6, got {value!r}.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +171,7 @@ class TrunkBlock(layers.Layer):
     def __init__(self, se_ratio=8, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.se_ratio = require_positive_int("se_ratio", se_ratio)
-        self.epsilon = _require_epsilon(epsilon)
+        self.epsilon = require_positive_number("epsilon", epsilon, example="1e-6")
 
     def build(self, input_shape):
         require_image_shape(self.__class__.__name__, input_shape)
@@ -231,7 +226,7 @@ class AttentionPooling(layers.Layer):
         super().__init__(**kwargs)
         self.num_heads = require_positive_int("num_heads", num_heads)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
-        self.epsilon = _require_epsilon(epsilon)
+        self.epsilon = require_positive_number("epsilon", epsilon, example="1e-6")
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:

@@ -18,7 +18,7 @@ training model with one more output, on the same weights. The classifier reads t
 
 Public names:
     ChunkedPatchEmbedding, AttentionBlock, TLBCell, TemporalLatentBottleneck  (layers)
-    build_tlb, build_vit_baseline, baseline_kwargs, visualization_model, analyze, PROFILES
+    build_tlb, build_vit_baseline, baseline_kwargs, bottleneck_layer, visualization_model, analyze, PROFILES
 """
 
 import math
@@ -614,7 +614,8 @@ def build_vit_baseline(
     return keras.Model(inputs, logits, name=name)
 
 
-def _bottleneck_layer(model):
+def bottleneck_layer(model):
+    """The one :class:`TemporalLatentBottleneck` layer of a model made by :func:`build_tlb`."""
     found = [layer for layer in model.layers if isinstance(layer, TemporalLatentBottleneck)]
     if len(found) != 1:
         raise ValueError(
@@ -632,7 +633,7 @@ def visualization_model(model):
     slow stream spread its attention over that chunk's tokens when it was updated. Nothing is copied or
     unrolled: these are the RNN's per-step outputs of the very graph that ``fit`` trains.
     """
-    bottleneck = _bottleneck_layer(model)
+    bottleneck = bottleneck_layer(model)
     _, scores = bottleneck.output
     return keras.Model(
         model.input,

@@ -69,6 +69,60 @@ def test_transformer_block_rejects_heads_that_do_not_divide_width():
         blocks.TransformerBlock(num_heads=3)(random_inputs((1, 4, 8)))
 
 
+def test_dot_product_attention_shapes_and_round_trip(tmp_path):
+    layer = check_layer(
+        blocks.DotProductAttention, {"num_heads": 2, "attention_dropout": 0.1}, (2, 5, 8), [(2, 5, 8), (2, 2, 5, 5)],
+        tmp_path,
+    )
+    _, weights = layer(random_inputs((2, 5, 8)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(weights).sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_dot_product_attention_computes_what_keras_multi_head_attention_computes(num_heads):
+    query, context = random_inputs((2, 5, 8), seed=1), random_inputs((2, 3, 6), seed=2)
+    reference = keras.layers.MultiHeadAttention(num_heads, key_dim=8 // num_heads)
+    expected, expected_weights = reference(query, context, return_attention_scores=True)
+    ours = blocks.DotProductAttention(num_heads)
+    ours(query, context)
+    # Keras keeps each projection as (in, heads, head_channels) and the output as (heads, head_channels, out).
+    for dense, source in [
+        (ours.query, reference._query_dense),
+        (ours.key, reference._key_dense),
+        (ours.value, reference._value_dense),
+        (ours.projection, reference._output_dense),
+    ]:
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in source.weights)
+        dense.set_weights([kernel.reshape(dense.kernel.shape), bias.reshape(dense.bias.shape)])
+    outputs, weights = ours(query, context)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), keras.ops.convert_to_numpy(expected), atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weights), keras.ops.convert_to_numpy(expected_weights), atol=1e-6
+    )
+
+
+def test_dot_product_attention_defaults_to_self_attention_and_rejects_bad_heads():
+    layer = blocks.DotProductAttention(num_heads=1)
+    x = random_inputs((2, 4, 8))
+    implicit, _ = layer(x)
+    explicit, _ = layer(x, x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(implicit), keras.ops.convert_to_numpy(explicit))
+    with pytest.raises(ValueError, match="`channels`=8 is not divisible by `num_heads`=3"):
+        blocks.DotProductAttention(num_heads=3)(x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        blocks.DotProductAttention(num_heads=1, attention_dropout=1.5)
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_split_and_merge_heads_are_inverse(num_heads):
+    x = random_inputs((2, 5, 8))
+    heads = blocks.split_heads(keras.ops.convert_to_tensor(x), num_heads)
+    assert tuple(heads.shape) == (2, num_heads, 5, 8 // num_heads)
+    # Head h holds channels h * head_channels ... (h + 1) * head_channels - 1 of every token.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(heads)[:, -1], x[:, :, -(8 // num_heads):])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(blocks.merge_heads(heads)), x)
+
+
 @pytest.mark.parametrize(
     "validator, args, message",
     [

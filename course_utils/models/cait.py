@@ -38,10 +38,12 @@ from course_utils.models.blocks import (
     PatchEmbedding,
     PositionEmbedding,
     StochasticDepth,
+    merge_heads,
     require_divisible,
     require_positive_int,
     require_positive_number,
     require_rate,
+    split_heads,
 )
 from course_utils.training import Profile
 
@@ -81,20 +83,6 @@ def _dense(units, name, use_bias=True):
     return layers.Dense(
         units, use_bias=use_bias, kernel_initializer=keras.initializers.TruncatedNormal(stddev=INIT_STDDEV), name=name
     )
-
-
-def _split_heads(x, num_heads):
-    """``(batch, tokens, channels)`` -> ``(batch, heads, tokens, channels / heads)``."""
-    batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
-    x = ops.reshape(x, (batch, tokens, num_heads, x.shape[-1] // num_heads))
-    return ops.transpose(x, (0, 2, 1, 3))
-
-
-def _merge_heads(x):
-    """``(batch, heads, tokens, head_channels)`` -> ``(batch, tokens, heads * head_channels)``."""
-    batch, tokens = ops.shape(x)[0], ops.shape(x)[2]
-    x = ops.transpose(x, (0, 2, 1, 3))
-    return ops.reshape(x, (batch, tokens, x.shape[2] * x.shape[3]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,15 +141,15 @@ class TalkingHeadAttention(layers.Layer):
         channels = x.shape[-1]
         head_channels = channels // self.num_heads
         query, key, value = ops.split(self.qkv(x), 3, axis=-1)
-        query = _split_heads(query, self.num_heads) * (head_channels**-0.5)
-        key = _split_heads(key, self.num_heads)
-        value = _split_heads(value, self.num_heads)
+        query = split_heads(query, self.num_heads) * (head_channels**-0.5)
+        key = split_heads(key, self.num_heads)
+        value = split_heads(value, self.num_heads)
         logits = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (batch, heads, tokens, tokens)
         logits = self._mix_heads(self.pre_softmax_mix, logits)
         weights = ops.softmax(logits, axis=-1)
         weights = self._mix_heads(self.post_softmax_mix, weights)
         mixed = ops.matmul(self.attention_drop(weights, training=training), value)
-        outputs = self.projection(_merge_heads(mixed))
+        outputs = self.projection(merge_heads(mixed))
         return self.projection_drop(outputs, training=training), weights
 
     def compute_output_shape(self, input_shape):
@@ -221,12 +209,12 @@ class ClassAttention(layers.Layer):
     def call(self, x, training=None):
         head_channels = x.shape[-1] // self.num_heads
         class_token = x[:, :1]
-        query = _split_heads(self.query(class_token), self.num_heads) * (head_channels**-0.5)  # (b, h, 1, c)
-        key = _split_heads(self.key(x), self.num_heads)  # (batch, heads, 1 + tokens, head_channels)
-        value = _split_heads(self.value(x), self.num_heads)
+        query = split_heads(self.query(class_token), self.num_heads) * (head_channels**-0.5)  # (b, h, 1, c)
+        key = split_heads(self.key(x), self.num_heads)  # (batch, heads, 1 + tokens, head_channels)
+        value = split_heads(self.value(x), self.num_heads)
         weights = ops.softmax(ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))), axis=-1)  # (b, h, 1, 1+t)
         attended = ops.matmul(self.attention_drop(weights, training=training), value)  # (b, h, 1, c)
-        outputs = self.projection_drop(self.projection(_merge_heads(attended)), training=training)
+        outputs = self.projection_drop(self.projection(merge_heads(attended)), training=training)
         return outputs, ops.squeeze(weights, axis=2)
 
     def compute_output_shape(self, input_shape):

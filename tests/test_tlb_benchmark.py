@@ -8,6 +8,8 @@ import importlib.util
 import pathlib
 import re
 
+import keras
+
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPOSITORY / "benchmarks" / "tlb_input_pipeline.py"
 
@@ -35,8 +37,6 @@ def test_every_measurement_is_printed_with_a_positive_rate(capsys):
 def test_example_like_cell_makes_the_examples_ten_block_calls_per_chunk():
     """4 layers, r = 2: 6 listed blocks, the ones at positions 0, 2, 4 called twice, plus the latent update."""
     script = load_script()
-    import keras
-
     config = dict(script.tlb.PROFILES["full"].model, image_size=16, resize_to=None)
     model = script.build_example_like(**config)
     calls = []

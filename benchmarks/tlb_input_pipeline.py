@@ -14,7 +14,11 @@ Prints one table, measured in one run on the current machine and Keras backend:
 6. (``--example``) a stand-in for the reference example's model, timed alone like row 3: the same
    configuration, the example's kind of block (``keras.layers.MultiHeadAttention`` behind three
    LayerNorms) and its per-chunk call pattern (see ``ExampleLikeCell``), in float32 and/or under the
-   ``mixed_float16`` policy the example sets globally.
+   ``mixed_float16`` policy the example sets globally;
+7. the matrix products alone: every product one training step of the TLB computes (forward and
+   backward; for its dense layers, then for those and its attentions), timed in one compiled function on
+   arrays of the same shapes and nothing else. Against row 3 it shows what share of the model's step is
+   matrix products and what share is everything else (see ``matrix_products_alone``).
 
 Throughput is measured in steady state: the first step of every ``fit`` (tracing and compilation) is
 left out, and images/s come from the time between the ends of the remaining steps.
@@ -79,6 +83,93 @@ def fit_throughput(model, data, batch_size, labels=None):
     else:
         model.fit(data, labels, batch_size=batch_size, epochs=1, shuffle=False, callbacks=[timer], verbose=0)
     return steady_images_per_second(timer.ends, batch_size)
+
+
+def compiled(function):
+    """``function`` compiled as ``fit`` compiles a training step on this backend (PyTorch: run as is)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    return function
+
+
+def products_seconds(shapes, repeats):
+    """Seconds to compute ``keras.ops.matmul(left, right)`` for every ``(left_shape, right_shape)`` in ``shapes``.
+
+    All products run in one compiled function, independent of one another (so the backend may run them
+    side by side), on float32 arrays passed in as arguments; the best of ``repeats`` calls is returned.
+    Each product is summed to one number so that none of them can be dropped as unused.
+    """
+    arrays = [(keras.random.normal(left), keras.random.normal(right)) for left, right in shapes]
+
+    def all_products(arrays):
+        return [keras.ops.sum(keras.ops.matmul(left, right)) for left, right in arrays]
+
+    run = compiled(all_products)
+    keras.ops.convert_to_numpy(run(arrays)[-1])  # tracing and compilation
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = run(arrays)
+        for result in results:  # waits for every product on backends that dispatch asynchronously (JAX)
+            keras.ops.convert_to_numpy(result)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def training_products(cell, batch_size):
+    """The matrix products one training step of ``cell`` computes per chunk, as ``(left, right)`` shapes.
+
+    For each Dense layer ``y = x W`` applied to ``rows`` tokens: ``x W`` forward, then ``dy W^T`` (the
+    gradient for ``x``) and ``x^T dy`` (the gradient for ``W``). For each attention: ``q k^T`` and
+    ``weights v`` forward and the four products of their gradients. A block's query-side layers (query,
+    projection, feed-forward) run on the queries' tokens; its key and value layers on the context's.
+    """
+    roles = [(block, cell.chunk_size, cell.chunk_size) for block in cell.self_attention]
+    roles += [(block, cell.chunk_size, cell.num_latents) for block in cell.cross_attention]
+    roles += [(cell.latent_update, cell.num_latents, cell.chunk_size)]
+    products = []
+    for block, queries, keys in roles:
+        attention, mlp = block.attention, block.mlp
+        query_rows, context_rows = batch_size * queries, batch_size * keys
+        dense_rows = [(attention.query, query_rows), (attention.key, context_rows), (attention.value, context_rows),
+                      (attention.projection, query_rows), (mlp.hidden, query_rows), (mlp.project, query_rows)]
+        for dense, rows in dense_rows:
+            fan_in, fan_out = dense.kernel.shape
+            products += [((rows, fan_in), (fan_in, fan_out)),      # x W
+                         ((rows, fan_out), (fan_out, fan_in)),     # dy W^T
+                         ((fan_in, rows), (rows, fan_out))]        # x^T dy
+        heads = (batch_size, cell.num_heads)
+        width = cell.embed_dim // cell.num_heads
+        products += [((*heads, queries, width), (*heads, width, keys)),    # q k^T
+                     ((*heads, queries, keys), (*heads, keys, width)),     # weights v
+                     ((*heads, queries, keys), (*heads, keys, width)),     # d(scores) k
+                     ((*heads, keys, queries), (*heads, queries, width)),  # d(scores)^T q
+                     ((*heads, queries, width), (*heads, width, keys)),    # d(out) v^T
+                     ((*heads, keys, queries), (*heads, queries, width))]  # weights^T d(out)
+    return products
+
+
+def matrix_products_alone(model_kwargs, batch_size, repeats=5):
+    """Images/s if a TLB training step computed only its matrix products: ``(dense layers only, all products)``.
+
+    Times the products of :func:`training_products` for one chunk (see :func:`products_seconds`) and scales
+    the time to all of an image's chunks. The patch embedding, the classifier and all element-wise work
+    (LayerNorm, GELU, softmax, dropout, residual additions, the optimizer) are left out, and the products
+    here may all run side by side, where the model must run most of them one after another.
+    """
+    model = tlb.build_tlb(**{**model_kwargs, "include_preprocessing": False})
+    bottleneck = tlb.bottleneck_layer(model)
+    num_chunks = bottleneck.input.shape[1]
+    products = training_products(bottleneck.cell, batch_size)
+    dense = [(left, right) for left, right in products if len(left) == 2]
+    return tuple(batch_size / (num_chunks * products_seconds(shapes, repeats)) for shapes in (dense, products))
 
 
 class ExampleLikeBlock(keras.layers.Layer):
@@ -320,6 +411,12 @@ def main(argv=None):
             lambda: example_like_alone(model_kwargs, pre_augmented, labels, batch, policy),
         )
 
+    products = {}
+    dense_alone = measure("matrix products alone: the TLB's dense layers (forward + backward)",
+                          lambda: products.setdefault("both", matrix_products_alone(model_kwargs, batch))[0])
+    products_alone = measure("matrix products alone: dense layers + attentions (forward + backward)",
+                             lambda: products["both"][1])
+
     print()
     print(f"{'measurement':78s} {'images/s':>10s} {'s/step':>8s}")
     for name, value in rows:
@@ -331,6 +428,9 @@ def main(argv=None):
               f"({PER_SAMPLE_OPS[ops]}){target}")
     print(f"training with in-model augmentation runs at {ours / model_alone:.0%} of the model alone; "
           f"with the per-sample pipeline at {with_python / model_alone:.0%}")
+    print(f"matrix products take {model_alone / products_alone:.0%} of the time of our model's training step "
+          f"(its dense layers' products: {model_alone / dense_alone:.0%}); the rest is element-wise work and "
+          f"overhead (LayerNorm, GELU, softmax, dropout, residuals, the optimizer)")
     for policy, value in example_rows.items():
         print(f"our model alone vs the example-like model alone ({policy}), same run: {model_alone / value:.1f}x")
     if args.config == "full":
@@ -340,6 +440,8 @@ def main(argv=None):
               f"together {example['model_with_pipeline']:.0f} images/s")
         print(f"our model alone vs the example's model alone: {model_alone / example['model_alone']:.1f}x "
               f"(target >= 3x; meaningful only on that CPU at batch 1024)")
+        print(f"our model's matrix products alone vs the example's model alone: "
+              f"{products_alone / example['model_alone']:.1f}x")
         print(f"our training (in-model augmentation) vs the example's training: "
               f"{ours / example['model_with_pipeline']:.1f}x")
     return rows

@@ -45,7 +45,7 @@ from PIL import Image  # noqa: E402
 
 from course_utils.augment import preprocessing  # noqa: E402
 from course_utils.models import temporal_latent_bottleneck as tlb  # noqa: E402
-from course_utils.training import describe_device  # noqa: E402
+from course_utils.training import classification_loss, describe_device  # noqa: E402
 
 # Measured by the issue author with the reference example's own code on the course's 2-core CPU,
 # TensorFlow backend, its configuration (the `full` profile's model) at batch 1024.
@@ -75,7 +75,7 @@ def fit_throughput(model, data, batch_size, labels=None):
     """Compile ``model`` and fit it once over ``data``; return steady-state images/s."""
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=classification_loss(),
     )
     timer = StepTimer()
     if labels is None:  # a PyDataset yields (images, labels) itself

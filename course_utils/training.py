@@ -119,6 +119,15 @@ def steps_per_epoch(num_samples, batch_size):
     return math.ceil(num_samples / batch_size)
 
 
+def classification_loss():
+    """The loss every course model trains with: cross-entropy between integer class labels and logits.
+
+    The models end in a Dense layer without softmax, so the loss applies the softmax itself
+    (``from_logits=True``), which is also the numerically stable way to compute it.
+    """
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 def compile_for_profile(model, profile, num_samples):
     """Compile ``model`` (which outputs logits) with AdamW and the warmup-cosine schedule of ``profile``."""
     per_epoch = steps_per_epoch(num_samples, profile.batch_size)
@@ -127,7 +136,7 @@ def compile_for_profile(model, profile, num_samples):
     schedule = warmup_cosine(profile.learning_rate, total, warmup)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=profile.weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=classification_loss(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model

@@ -4,6 +4,7 @@ import pytest
 from helpers import check_layer, check_model_round_trip, random_inputs, train_one_step
 
 from course_utils.models import patch_convnet as pc
+from course_utils.training import classification_loss
 
 # A model small enough to fit in a test: 16x16 crops -> a 4x4 attention grid.
 TINY = dict(dimensions=8, depth=2, se_ratio=2, image_size=16, resize_to=18, input_size=16)
@@ -215,7 +216,7 @@ def test_analyze_returns_probabilities_and_maps():
 def test_attention_recorder_records_at_the_end_of_every_nth_epoch():
     model = tiny_model()
     images, labels = uint8_images(8), np.arange(8) % 10
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=classification_loss())
     every_epoch = pc.AttentionRecorder(images[:3], every=1, record_initial=True)
     every_second = pc.AttentionRecorder(images[:3], every=2)
     every_third = pc.AttentionRecorder(images[:3], every=3)

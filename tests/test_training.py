@@ -103,3 +103,10 @@ def test_report_publishes_a_record_the_runner_can_read(capsys, monkeypatch):
 
 def test_describe_device_names_the_cpu():
     assert "CPU" in training.describe_device() or "gpu" in training.describe_device().lower()
+
+
+def test_classification_loss_reads_logits():
+    """Models end in a plain Dense layer: the loss must apply the softmax, so uniform logits give log(10)."""
+    loss = training.classification_loss()
+    value = loss(np.array([3]), np.zeros((1, 10), dtype="float32"))
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(value)), np.log(10.0), rtol=1e-6)

@@ -1,6 +1,8 @@
 """course_utils: layers, models, data, training and visualization for the vision-architectures course.
 
-Notebooks import what they need from here; each paper's model lives in ``course_utils.models.<paper>``.
+Notebooks import the names below from here (``from course_utils import train, evaluate``) and use three
+documented submodules as modules: ``course_utils.models.<paper>`` (one per paper, see CONTRIBUTING.md),
+``course_utils.viz`` and ``course_utils.exercises``.
 Names are imported on first use, so ``python -m course_utils run`` starts without loading Keras (the
 notebooks it runs choose their own backend).
 """
@@ -8,21 +10,26 @@ notebooks it runs choose their own backend).
 import importlib
 
 _PUBLIC = {
-    "Profile": "course_utils.training",
-    "describe_device": "course_utils.training",
-    "evaluate": "course_utils.training",
-    "report": "course_utils.training",
-    "select_profile": "course_utils.training",
-    "train": "course_utils.training",
-    "warmup_cosine": "course_utils.training",
-    "preprocessing": "course_utils.augment",
-    "count_flops": "course_utils.flops",
-    "setup": "course_utils.setup",
+    "Profile": "course_utils.profiles",
+    "select_profile": "course_utils.profiles",
+    "PROFILE_NAMES": "course_utils.profiles",
+    "MapSet": "course_utils.analysis",
+    "Analysis": "course_utils.analysis",
     "load_cifar10": "course_utils.data",
     "train_val_split": "course_utils.data",
     "CLASS_NAMES": "course_utils.data",
-    "explore": "course_utils.viz",
+    "DatasetError": "course_utils.data",
+    "preprocessing": "course_utils.augment",
+    "describe_device": "course_utils.distribute",
     "distribution_scope": "course_utils.distribute",
+    "count_flops": "course_utils.flops",
+    "evaluate": "course_utils.training",
+    "profile_data": "course_utils.training",
+    "report": "course_utils.training",
+    "train": "course_utils.training",
+    "warmup_cosine": "course_utils.training",
+    "setup": "course_utils.setup",
+    "explore": "course_utils.viz",
 }
 
 __all__ = sorted(_PUBLIC)

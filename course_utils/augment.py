@@ -8,7 +8,7 @@ a plain array slice and never the bottleneck.
 import keras
 from keras import layers, ops
 
-from course_utils.models.blocks import PACKAGE, require_positive_int
+from course_utils.validation import PACKAGE, require_positive_int
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

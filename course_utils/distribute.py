@@ -23,8 +23,12 @@ so the learning rate and the schedule of the profile need no change.
 
 import contextlib
 import dataclasses
+import os
+import platform
 
 import keras
+
+from course_utils.profiles import Profile
 
 FULL_PROFILE = "full"
 _BACKEND_NAMES = {"torch": "PyTorch", "jax": "JAX", "tensorflow": "TensorFlow"}
@@ -86,6 +90,25 @@ class DataParallelPlan:
             f"data parallel over {self.num_devices} devices ({', '.join(self.devices)}) with "
             f"{api}.{type(self.distribution).__name__}"
         )
+
+
+def describe_device():
+    """One line naming the accelerator (or CPU) the current Keras backend computes on."""
+    backend = keras.backend.backend()
+    names = []
+    if backend == "jax":
+        import jax
+
+        names = [device.device_kind for device in jax.devices() if device.platform != "cpu"]
+    elif backend == "torch":
+        import torch
+
+        names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    else:
+        names = [device for device in keras.distribution.list_devices() if not device.lower().startswith("cpu")]
+    if not names:
+        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    return f"{len(names)} x {names[0]}" if len(names) > 1 else names[0]
 
 
 def visible_devices():
@@ -231,10 +254,8 @@ def _short_tf_name(name):
 
 
 def _require_profile(profile):
-    from course_utils.training import Profile  # here, not at the top: training imports this module
-
     if not isinstance(profile, Profile):
         raise TypeError(
-            f"profile must be a course_utils.training.Profile (e.g. select_profile(PROFILES, 'full')), "
+            f"profile must be a course_utils.Profile (e.g. select_profile(PROFILES, 'full')), "
             f"got {type(profile).__name__}."
         )

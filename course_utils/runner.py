@@ -18,7 +18,8 @@ import pathlib
 import sys
 import time
 
-from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
+from course_utils.constants import RESULT_MIMETYPE
+from course_utils.profiles import PROFILE_NAMES
 
 BACKENDS = ("tensorflow", "jax", "torch")
 ALL_BACKENDS = "all"

@@ -4,7 +4,7 @@ import os
 
 import keras
 
-from course_utils.training import describe_device
+from course_utils.distribute import describe_device
 
 
 def setup(seed=42, data=None, quiet=False):

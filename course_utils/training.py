@@ -10,72 +10,15 @@ Every notebook trains with the same few lines::
 import dataclasses
 import math
 import os
-import platform
 import time
 
 import keras
 import numpy as np
 
 from course_utils import distribute
-from course_utils.constants import PROFILE_NAMES, RESULT_MIMETYPE
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """How much to train: a plain record a notebook can print.
-
-    Attributes:
-        name: ``smoke`` (CI, well under a minute of training on a 2-core CPU), ``workshop`` (at most six
-            minutes end to end on a 2-core CPU) or ``full`` (the paper example's configuration, for a GPU).
-        epochs: passes over the training subset.
-        batch_size: images per step.
-        train_samples: how many of the 40,000 training images to use (``None``: all).
-        eval_samples: how many of the 10,000 validation images to evaluate after each epoch (``None``: all).
-        test_samples: how many of the 10,000 test images the final accuracy uses (``None``: all).
-        learning_rate: peak learning rate reached after warmup.
-        weight_decay: AdamW weight decay.
-        warmup_epochs: epochs of linear warmup before the cosine decay (may be fractional).
-        model: keyword arguments for the notebook's model builder.
-        note: one line on where the numbers come from.
-    """
-
-    name: str
-    epochs: int
-    batch_size: int
-    train_samples: int | None = None
-    eval_samples: int | None = None
-    test_samples: int | None = None
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    model: dict = dataclasses.field(default_factory=dict)
-    note: str = ""
-
-    def __post_init__(self):
-        if self.name not in PROFILE_NAMES:
-            raise ValueError(f"Profile name must be one of {PROFILE_NAMES}, got {self.name!r}.")
-        for field in ("epochs", "batch_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Profile `{field}` must be a positive integer, got {value!r}.")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} must lie between 0 and epochs={self.epochs}.")
-
-    def describe(self):
-        """A short multi-line text for printing in a notebook."""
-        lines = [f"profile {self.name}: {self.note}".rstrip(": ")]
-        for field in dataclasses.fields(self):
-            if field.name not in ("name", "note"):
-                lines.append(f"  {field.name:15s} {getattr(self, field.name)}")
-        return "\n".join(lines)
-
-
-def select_profile(profiles, name):
-    """Return ``profiles[name]`` with a helpful error for an unknown name."""
-    if name not in profiles:
-        raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(profiles)}.")
-    return profiles[name]
+from course_utils.constants import RESULT_MIMETYPE
+from course_utils.data import load_cifar10, subset, train_val_split
+from course_utils.profiles import Profile
 
 
 def profile_data(profile, source=None):
@@ -84,8 +27,6 @@ def profile_data(profile, source=None):
     The validation set is the last 10,000 training images, as in the reference examples; ``train_samples``,
     ``eval_samples`` and ``test_samples`` then take the first images of each part.
     """
-    from course_utils.data import load_cifar10, subset, train_val_split
-
     (x_train, y_train), (x_test, y_test) = load_cifar10(source)
     train, val = train_val_split(x_train, y_train)
     cuts = (profile.train_samples, profile.eval_samples, profile.test_samples)
@@ -231,25 +172,6 @@ def evaluate(model, images, labels, batch_size=256):
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1)))
 
 
-def describe_device():
-    """One line naming the accelerator (or CPU) the current Keras backend computes on."""
-    backend = keras.backend.backend()
-    names = []
-    if backend == "jax":
-        import jax
-
-        names = [device.device_kind for device in jax.devices() if device.platform != "cpu"]
-    elif backend == "torch":
-        import torch
-
-        names = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
-    else:
-        names = [device for device in keras.distribution.list_devices() if not device.lower().startswith("cpu")]
-    if not names:
-        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    return f"{len(names)} x {names[0]}" if len(names) > 1 else names[0]
-
-
 def report(notebook, profile, test_accuracy, train_seconds, parameters, **extra):
     """Publish a notebook's headline numbers so the course runner can put them in its summary table.
 
@@ -260,7 +182,7 @@ def report(notebook, profile, test_accuracy, train_seconds, parameters, **extra)
         "notebook": notebook,
         "profile": profile.name if isinstance(profile, Profile) else str(profile),
         "backend": keras.backend.backend(),
-        "device": describe_device(),
+        "device": distribute.describe_device(),
         "test_accuracy": round(float(test_accuracy), 4),
         "train_seconds": round(float(train_seconds), 1),
         "parameters": int(parameters),

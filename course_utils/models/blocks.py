@@ -7,65 +7,14 @@ Every layer here builds its weights lazily in ``build``, returns every construct
 import keras
 from keras import layers, ops
 
-PACKAGE = "course_utils"
-
-
-# --------------------------------------------------------------------------------------------
-# Argument validation: every constructor checks its arguments at once, with a message that
-# says how to fix them, instead of failing later deep inside a matrix multiply.
-# --------------------------------------------------------------------------------------------
-def require_positive_int(name, value):
-    """Raise a ValueError unless ``value`` is an int greater than zero."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
-
-
-def require_positive_number(name, value, example=None):
-    """Raise a ValueError unless ``value`` is an int or float greater than zero; return it as a float.
-
-    ``example`` (a string, e.g. ``"1e-6"``) is named in the message as a typical value.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        typical = "" if example is None else f" such as {example}"
-        raise ValueError(f"`{name}` must be a positive number{typical}, got {value!r}.")
-    return float(value)
-
-
-def require_rate(name, value):
-    """Raise a ValueError unless ``0 <= value < 1`` (dropout-style probabilities)."""
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def require_divisible(name, value, divisor_name, divisor):
-    """Raise a ValueError unless ``divisor`` divides ``value``, naming both and the fix."""
-    if value % divisor != 0:
-        lower = value - value % divisor
-        raise ValueError(
-            f"`{name}`={value} is not divisible by `{divisor_name}`={divisor}. "
-            f"Choose values so that {name} % {divisor_name} == 0 "
-            f"(for example {name}={lower or divisor} or {name}={lower + divisor})."
-        )
-    return value
-
-
-def require_image_shape(layer_name, input_shape, expected_hw=None):
-    """Check a ``(batch, height, width, channels)`` input shape and, if given, its spatial size."""
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"{layer_name} expects images shaped (batch, height, width, channels), "
-            f"got shape {tuple(input_shape)}."
-        )
-    if expected_hw is not None:
-        height, width = input_shape[1], input_shape[2]
-        if height is not None and (height, width) != tuple(expected_hw):
-            raise ValueError(
-                f"{layer_name} was configured for {expected_hw[0]}x{expected_hw[1]} images but received "
-                f"{height}x{width}. Resize the images (see course_utils.augment) or build the model "
-                f"with image_size={height}."
-            )
+from course_utils.validation import (
+    PACKAGE,
+    require_heads_divide,
+    require_image_shape,
+    require_positive_int,
+    require_positive_number,
+    require_rate,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +77,7 @@ class DotProductAttention(layers.Layer):
 
     def build(self, query_shape, context_shape=None):
         channels = query_shape[-1]
-        require_divisible("channels", channels, "num_heads", self.num_heads)
+        require_heads_divide(channels, self.num_heads)
         context_shape = query_shape if context_shape is None else context_shape
         self.query = layers.Dense(channels, name="query")
         self.query.build(query_shape)
@@ -297,21 +246,26 @@ class PositionEmbedding(layers.Layer):
 class LayerScale(layers.Layer):
     """Multiply every channel by a learned scalar initialised small (CaiT, Touvron et al. 2021).
 
-    ``y = gamma * x`` with ``gamma`` a vector of ``channels`` values, all ``init_value`` at the start,
-    so a freshly initialised residual branch barely perturbs the identity path.
+    ``y = gamma * x`` with ``gamma`` a vector of ``channels`` values, all ``layer_scale_init`` at the
+    start, so a freshly initialised residual branch barely perturbs the identity path.
+
+    Args:
+        layer_scale_init: the start value of every entry of ``gamma``.
 
     Shapes: ``(..., channels)`` -> same.
+
+    Example:
+    >>> LayerScale(layer_scale_init=0.1)(keras.ops.ones((2, 3, 4)))[0, 0].tolist()
+    [0.10000000149011612, 0.10000000149011612, 0.10000000149011612, 0.10000000149011612]
     """
 
-    def __init__(self, init_value=1e-5, **kwargs):
+    def __init__(self, layer_scale_init=1e-5, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(init_value, (int, float)) or init_value <= 0:
-            raise ValueError(f"`init_value` must be a positive number, got {init_value!r}.")
-        self.init_value = float(init_value)
+        self.layer_scale_init = require_positive_number("layer_scale_init", layer_scale_init, example="1e-5")
 
     def build(self, input_shape):
         self.gamma = self.add_weight(
-            name="gamma", shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.init_value)
+            name="gamma", shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.layer_scale_init)
         )
 
     def call(self, x):
@@ -319,7 +273,7 @@ class LayerScale(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(init_value=self.init_value)
+        config.update(layer_scale_init=self.layer_scale_init)
         return config
 
 
@@ -355,50 +309,52 @@ class StochasticDepth(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TransformerBlock(layers.Layer):
-    """Pre-norm Transformer encoder block: ``x + MHSA(LN(x))`` then ``x + MLP(LN(x))``.
+    """Pre-norm Transformer encoder block: ``x + Attention(LN(x))`` then ``x + MLP(LN(x))``.
 
-    Each head attends with ``embed_dim / num_heads`` channels, so the block costs the same for any number
-    of heads.
+    The attention is :class:`DotProductAttention`: each head attends with ``channels / num_heads``
+    channels, so the block costs the same for any number of heads.
 
     Args:
         num_heads: attention heads; must divide the input width.
         mlp_ratio: hidden width of the MLP as a multiple of the input width.
-        dropout_rate: dropout on the attention weights and inside the MLP.
+        dropout_rate: dropout inside the MLP (after each of its Dense layers).
+        attention_dropout: dropout on the attention weights.
         layer_norm_epsilon: epsilon of both LayerNorms.
 
     Call returns ``(outputs, attention_scores)``.
     Shapes: ``(batch, tokens, channels)`` -> ``(batch, tokens, channels)``,
-    scores ``(batch, num_heads, tokens, tokens)``.
+    scores ``(batch, num_heads, tokens, tokens)`` (each row sums to 1).
+
+    Example:
+    >>> outputs, scores = TransformerBlock(num_heads=2)(keras.ops.ones((2, 16, 32)))
+    >>> tuple(outputs.shape), tuple(scores.shape)
+    ((2, 16, 32), (2, 2, 16, 16))
     """
 
-    def __init__(self, num_heads, mlp_ratio=2.0, dropout_rate=0.0, layer_norm_epsilon=1e-6, **kwargs):
+    def __init__(
+        self, num_heads, mlp_ratio=2.0, dropout_rate=0.0, attention_dropout=0.0, layer_norm_epsilon=1e-6, **kwargs
+    ):
         super().__init__(**kwargs)
         self.num_heads = require_positive_int("num_heads", num_heads)
-        if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f"`mlp_ratio` must be a positive number, got {mlp_ratio!r}.")
-        self.mlp_ratio = float(mlp_ratio)
+        self.mlp_ratio = require_positive_number("mlp_ratio", mlp_ratio, example="2.0")
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.attention_dropout = require_rate("attention_dropout", attention_dropout)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-6")
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        require_divisible("embed_dim (the input width)", channels, "num_heads", self.num_heads)
+        require_heads_divide(channels, self.num_heads)
         self.attention_norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
         self.attention_norm.build(input_shape)
-        self.attention = layers.MultiHeadAttention(
-            self.num_heads, channels // self.num_heads, dropout=self.dropout_rate, name="attention"
-        )
-        self.attention.build(input_shape, input_shape)
+        self.attention = DotProductAttention(self.num_heads, self.attention_dropout, name="attention")
+        self.attention.build(input_shape)
         self.mlp_norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="mlp_norm")
         self.mlp_norm.build(input_shape)
         self.mlp = MLP(int(channels * self.mlp_ratio), dropout_rate=self.dropout_rate, name="mlp")
         self.mlp.build(input_shape)
 
     def call(self, x, training=None):
-        normed = self.attention_norm(x)
-        attended, scores = self.attention(
-            normed, normed, return_attention_scores=True, training=training
-        )
+        attended, scores = self.attention(self.attention_norm(x), training=training)
         x = x + attended
         x = x + self.mlp(self.mlp_norm(x), training=training)
         return x, scores
@@ -413,6 +369,7 @@ class TransformerBlock(layers.Layer):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
             layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config

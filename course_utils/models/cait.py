@@ -33,19 +33,21 @@ from keras import layers, ops
 from course_utils.augment import preprocessing
 from course_utils.models.blocks import (
     MLP,
-    PACKAGE,
     LayerScale,
     PatchEmbedding,
     PositionEmbedding,
     StochasticDepth,
     merge_heads,
+    split_heads,
+)
+from course_utils.validation import (
+    PACKAGE,
     require_divisible,
     require_positive_int,
     require_positive_number,
     require_rate,
-    split_heads,
 )
-from course_utils.training import Profile
+from course_utils.profiles import Profile
 
 NORM_EPSILON = 1e-6  # timm's CaiT uses LayerNorm(eps=1e-6) everywhere
 # timm initialises every Linear weight of CaiT from a truncated normal with standard deviation 0.02 (biases

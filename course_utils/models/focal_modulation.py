@@ -32,16 +32,18 @@ from keras import layers, ops
 from course_utils.augment import preprocessing
 from course_utils.models.blocks import (
     MLP,
-    PACKAGE,
     LayerScale,
     PatchEmbedding,
     StochasticDepth,
+)
+from course_utils.validation import (
+    PACKAGE,
     require_image_shape,
     require_positive_int,
     require_positive_number,
     require_rate,
 )
-from course_utils.training import Profile
+from course_utils.profiles import Profile
 
 # Overlapping downsampling (timm's ``use_overlap_down``): stride -> (kernel size, zero padding per side).
 OVERLAP_KERNELS = {2: (3, 1), 4: (7, 2)}

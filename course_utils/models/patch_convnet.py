@@ -33,6 +33,8 @@ from keras import layers, ops
 from course_utils.augment import preprocessing
 from course_utils.models.blocks import (
     MLP,
+)
+from course_utils.validation import (
     PACKAGE,
     require_divisible,
     require_image_shape,
@@ -40,7 +42,7 @@ from course_utils.models.blocks import (
     require_positive_number,
     require_rate,
 )
-from course_utils.training import Profile
+from course_utils.profiles import Profile
 
 STEM_STRIDE = 4  # two stride-2 convolutions: one patch vector per 4x4 pixels
 POOLING_LAYER = "attention_pooling"

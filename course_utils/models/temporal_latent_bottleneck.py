@@ -30,15 +30,17 @@ from keras import layers, ops
 from course_utils.augment import preprocessing
 from course_utils.models.blocks import (
     MLP,
-    PACKAGE,
     DotProductAttention,
     PatchEmbedding,
     PositionEmbedding,
+)
+from course_utils.validation import (
+    PACKAGE,
     require_divisible,
     require_positive_int,
     require_rate,
 )
-from course_utils.training import Profile
+from course_utils.profiles import Profile
 
 LAYER_NORM_EPSILON = 1e-5
 

@@ -11,16 +11,18 @@ from keras import layers, ops
 
 from course_utils.augment import preprocessing
 from course_utils.models.blocks import (
-    PACKAGE,
     PatchEmbedding,
     PositionEmbedding,
     TransformerBlock,
+)
+from course_utils.validation import (
+    PACKAGE,
     require_divisible,
     require_image_shape,
     require_positive_int,
     require_rate,
 )
-from course_utils.training import Profile
+from course_utils.profiles import Profile
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -1,0 +1,99 @@
+"""What every model module shares: the input stem, finding blocks, the visualization model, analysis.
+
+The five model modules follow one protocol (see CONTRIBUTING.md): ``PROFILES``, ``build_model(...)``,
+``visualization_model(model)`` and ``analyze(model, images)``. The pieces they would otherwise each
+write again live here.
+"""
+
+import keras
+import numpy as np
+
+from course_utils.analysis import Analysis, softmax
+from course_utils.augment import preprocessing
+from course_utils.validation import require_positive_int
+
+LOGITS = "logits"
+"""The name of the classifier's output among a visualization model's outputs."""
+
+
+def image_input(image_size, input_size=32, resize_to=None, include_preprocessing=True):
+    """The input stem every builder starts with: ``(inputs, images)``.
+
+    With ``include_preprocessing`` the model takes uint8 images ``(batch, input_size, input_size, 3)``
+    and ``images`` is :func:`course_utils.augment.preprocessing`'s output, ``(batch, image_size,
+    image_size, 3)`` floats in [0, 1]; without it the model takes float images of ``image_size`` as they
+    are (for weights ported from timm, or benchmarks).
+
+    Example:
+    >>> inputs, images = image_input(image_size=24, input_size=32)
+    >>> tuple(inputs.shape), str(inputs.dtype), tuple(images.shape)
+    ((None, 32, 32, 3), 'uint8', (None, 24, 24, 3))
+    """
+    require_positive_int("image_size", image_size)
+    if not include_preprocessing:
+        inputs = keras.Input((image_size, image_size, 3), name="images")
+        return inputs, inputs
+    require_positive_int("input_size", input_size)
+    inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="images")
+    return inputs, preprocessing(image_size, resize_to=resize_to)(inputs)
+
+
+def find_layers(model, layer_type, builder):
+    """The layers of ``model`` that are ``layer_type`` instances, in the order the model runs them.
+
+    Raises a ValueError naming ``builder`` (the function that makes such models) when there is none.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), keras.layers.Dense(3)])
+    >>> [layer.units for layer in find_layers(model, keras.layers.Dense, "keras.Sequential")]
+    [2, 3]
+    """
+    found = [layer for layer in model.layers if isinstance(layer, layer_type)]
+    if not found:
+        raise ValueError(
+            f"Model {model.name!r} has no {layer_type.__name__} layer: pass a model made by {builder}."
+        )
+    return found
+
+
+def find_layer(model, layer_type, builder):
+    """The one ``layer_type`` layer of ``model``; a ValueError naming ``builder`` if there is not exactly one."""
+    found = find_layers(model, layer_type, builder)
+    if len(found) != 1:
+        raise ValueError(
+            f"Expected one {layer_type.__name__} layer in {model.name!r}, found {len(found)}: pass a model made "
+            f"by {builder}."
+        )
+    return found[0]
+
+
+def with_outputs(model, outputs):
+    """A model on the same weights as ``model`` whose outputs are ``{"logits": model.output, **outputs}``.
+
+    ``outputs`` maps names to symbolic tensors of ``model``'s graph (a layer's ``.output``). Nothing is
+    copied: training ``model`` further changes what this model shows.
+    """
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, {LOGITS: model.output, **outputs}, name=f"{model.name}_visualization")
+
+
+def is_visualization_model(model):
+    """True for a model whose outputs are a dict holding the logits (what ``visualization_model`` returns)."""
+    return isinstance(model.output, dict) and LOGITS in model.output
+
+
+def predict_outputs(model, make_visualization_model, images, batch_size=128):
+    """Run a visualization model on ``images`` in inference mode; numpy outputs by name.
+
+    ``model`` is either a visualization model or the classifier itself, which ``make_visualization_model``
+    then turns into one (cheap, but pass the visualization model when calling many times).
+    """
+    require_positive_int("batch_size", batch_size)
+    viz_model = model if is_visualization_model(model) else make_visualization_model(model)
+    outputs = viz_model.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    return {name: np.asarray(value) for name, value in outputs.items()}
+
+
+def analysis(outputs, maps):
+    """:class:`course_utils.analysis.Analysis` from predicted outputs (their logits) and built maps."""
+    return Analysis(softmax(outputs[LOGITS]), maps)

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageOps
 
+from course_utils.analysis import MapSet, numbered
 from course_utils.data import CLASS_NAMES as CIFAR10_CLASSES
 
 MEAN_OF_ALL = -1  # item-dropdown value meaning "average over every head / token / gate"
@@ -168,19 +169,27 @@ def _show_static(fig):
 
 
 def _run_analyze(analyze, batch, num_classes):
-    """Call analyze(batch) and check what it returned, so a mistake is reported where it is made."""
+    """Call analyze(batch) and check what it returned, so a mistake is reported where it is made.
+
+    Returns the probabilities and ``{name: MapSet}``; a plain ``(B, K, h, w)`` array (a learner's own
+    analyze function) becomes a MapSet whose items are the map's name, numbered when there are several.
+    """
     probabilities, maps = analyze(batch)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.shape != (len(batch), num_classes):
         raise ValueError(f"analyze() must return probabilities of shape (B={len(batch)}, "
                          f"num_classes={num_classes}), got {probabilities.shape}")
     if not isinstance(maps, dict) or not maps:
-        raise ValueError("analyze() must return a non-empty dict: map name -> (B, K, h, w) array")
+        raise ValueError("analyze() must return a non-empty dict: map name -> MapSet or (B, K, h, w) array")
     checked = {}
     for name, value in maps.items():
-        value = np.asarray(value, dtype=np.float32)
-        if value.ndim != 4 or value.shape[0] != len(batch):
-            raise ValueError(f"map {name!r} must have shape (B={len(batch)}, K, h, w), got {value.shape}")
+        if not isinstance(value, MapSet):
+            value = np.asarray(value, dtype=np.float32)
+            if value.ndim != 4:
+                raise ValueError(f"map {name!r} must have shape (B={len(batch)}, K, h, w), got {value.shape}")
+            value = MapSet(value, (name,) if value.shape[1] == 1 else numbered(name, value.shape[1]))
+        if value.batch_size != len(batch):
+            raise ValueError(f"map {name!r} must have shape (B={len(batch)}, K, h, w), got {value.values.shape}")
         checked[name] = value
     return probabilities, checked
 
@@ -241,17 +250,21 @@ def _static_explorer_figure(batch, probabilities, maps, class_names, labels, ind
 def _static_columns(maps, row):
     """(title, map) of each overlay column for one image: the first map's items and mean, other means.
 
-    A map with a single item is one column titled by its name alone (its mean would repeat it).
+    A map with a single item is one column titled by that item alone (its mean would repeat it).
     """
     names = list(maps)
-    first = maps[names[0]][row]
-    if len(first) == 1:
-        columns = [(names[0], first[0])]
+    first = maps[names[0]]
+    values = first.values[row]
+    if len(values) == 1:
+        columns = [(first.items[0], values[0])]
     else:
-        columns = [(f"{names[0]} {k + 1}", first[k]) for k in range(min(len(first), MAX_STATIC_ITEMS))]
-        columns.append((f"{names[0]} mean", first.mean(axis=0)))
-    others = [(name, maps[name][row]) for name in names[1:]]
-    return columns + [(name if len(m) == 1 else f"{name} mean", m.mean(axis=0)) for name, m in others]
+        columns = [(first.items[k], values[k]) for k in range(min(len(values), MAX_STATIC_ITEMS))]
+        columns.append((f"{names[0]} mean", values.mean(axis=0)))
+    for name in names[1:]:
+        other = maps[name]
+        heading = other.items[0] if len(other.items) == 1 else f"{name} mean"
+        columns.append((heading, other.values[row].mean(axis=0)))
+    return columns
 
 
 def _redraw(output, make_figure):
@@ -301,7 +314,8 @@ class _Explorer:
         """Run analyze() once for the image now on screen and keep the result."""
         probabilities, maps = _run_analyze(self.analyze, image[None], len(self.class_names))
         self.image, self.label, self.source, self.probabilities = image, label, source, probabilities[0]
-        self.maps = {name: value[0] for name, value in maps.items()}
+        self.maps = {name: value.values[0] for name, value in maps.items()}
+        self.items = {name: value.items for name, value in maps.items()}
         self.status.value = hint
         self.render()
 
@@ -322,12 +336,12 @@ class _Explorer:
             self._analyze_one(image, None, "your image", "move the image slider to go back to the test images")
 
     def _update_items(self):
-        """Offer 'mean of all' plus each item of the chosen map, whose count K may differ per map."""
+        """Offer each item of the chosen map (its count may differ per map), and 'mean of all' when there are several."""
         name, holding = self.map_dropdown.value, self._holding
         self._holding = True  # changing options fires value events; draw once at the end
-        count = self.maps[name].shape[0]
-        self.item_dropdown.options = [("mean of all", MEAN_OF_ALL)] + [(f"{name} {k + 1}", k) for k in range(count)]
-        self.item_dropdown.value = MEAN_OF_ALL
+        items = [(label, k) for k, label in enumerate(self.items[name])]
+        self.item_dropdown.options = items if len(items) == 1 else [("mean of all", MEAN_OF_ALL)] + items
+        self.item_dropdown.value = self.item_dropdown.options[0][1]
         self._holding = holding
         self.render()
 

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from course_utils import viz  # noqa: E402
+from course_utils.analysis import MapSet  # noqa: E402
 
 widgets = pytest.importorskip("ipywidgets")
 
@@ -326,3 +327,41 @@ def test_explore_over_time_static_and_widget_modes():
     root = viz.explore_over_time(frames, make_images(3), ["epoch 1", "epoch 2"], static=False)
     sliders = widgets_of_type(root, widgets.IntSlider)
     assert [s.max for s in sliders] == [1, 2]
+
+
+class MapSetAnalyze(CountingAnalyze):
+    """Fake analyze() that returns MapSets, as the model modules' analyze does."""
+
+    def __call__(self, batch):
+        probabilities, maps = super().__call__(batch)
+        labelled = {}
+        for name, values in maps.items():
+            items = ("all chunks",) if values.shape[1] == 1 else [f"head {k + 1}" for k in range(values.shape[1])]
+            labelled[name] = MapSet(values, items)
+        return probabilities, labelled
+
+
+def test_explorer_names_items_by_their_map_set_labels_and_offers_no_mean_of_a_single_map():
+    analyze = MapSetAnalyze({"attention": (3, 4, 4), "summary": (1, 4, 4)})
+    root = viz.explore(analyze, make_images(4), static=False)
+    map_dropdown, item_dropdown = widgets_of_type(root, widgets.Dropdown)
+    assert [label for label, _ in item_dropdown.options] == ["mean of all", "head 1", "head 2", "head 3"]
+    map_dropdown.value = "summary"
+    assert [label for label, _ in item_dropdown.options] == ["all chunks"]
+    np.testing.assert_array_equal(root.explorer.selected_map(), root.explorer.maps["summary"][0])
+
+
+def test_static_figure_titles_columns_with_map_set_items():
+    analyze = MapSetAnalyze({"attention": (2, 4, 4), "summary": (1, 4, 4)})
+    fig = viz.explore(analyze, make_images(1), static=True)
+    titles = [ax.get_title() for ax in fig.axes[1:]]
+    assert titles == ["head 1", "head 2", "attention mean", "all chunks"]
+
+
+def test_analyze_must_return_one_map_per_image():
+    def wrong_batch(batch):
+        probabilities = np.full((len(batch), 10), 0.1, dtype=np.float32)
+        return probabilities, {"attention": MapSet(np.ones((len(batch) + 1, 1, 4, 4)), ("head 1",))}
+
+    with pytest.raises(ValueError, match="map 'attention' must have shape"):
+        viz.explore(wrong_batch, make_images(2), static=True)

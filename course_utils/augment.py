@@ -20,7 +20,17 @@ class RandomOrCenterCrop(layers.Layer):
     Keras train the *whole* model without compilation (op by op on JAX). This layer draws one offset per
     image with ``keras.random`` and gathers the window with ``keras.ops``, so it compiles on every backend.
 
+    Args:
+        size: side of the square crop; the images must be at least this large.
+        seed: seed of the random offsets.
+
     Shapes: ``(batch, height, width, channels)`` -> ``(batch, size, size, channels)``.
+
+    Example:
+    >>> crop = RandomOrCenterCrop(size=32)
+    >>> images = keras.ops.ones((2, 36, 36, 3))
+    >>> tuple(crop(images, training=True).shape), tuple(crop(images, training=False).shape)
+    ((2, 32, 32, 3), (2, 32, 32, 3))
     """
 
     def __init__(self, size, seed=None, **kwargs):
@@ -79,6 +89,11 @@ def preprocessing(image_size=32, resize_to=None, flip=True, name="preprocessing"
         flip: add a random horizontal flip.
 
     Shapes: ``(batch, height, width, 3)`` uint8 -> ``(batch, image_size, image_size, 3)`` float32.
+
+    Example:
+    >>> images = keras.ops.zeros((2, 32, 32, 3), dtype="uint8")
+    >>> tuple(preprocessing(image_size=24)(images).shape)
+    (2, 24, 24, 3)
     """
     require_positive_int("image_size", image_size)
     resize_to = image_size + image_size // 8 if resize_to is None else require_positive_int("resize_to", resize_to)

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from course_utils import distribute, training
+from course_utils import distribute, profiles, training
 
 CHILD = textwrap.dedent(
     r'''
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
         import torch
         torch.cuda.device_count = lambda: devices  # pretend two GPUs; Keras already chose the CPU at import
 
-    from course_utils import distribute, training
+    from course_utils import distribute, profiles, training
 
     result = {"visible": distribute.visible_devices()}
     backup = tempfile.mkdtemp()
@@ -62,8 +62,8 @@ CHILD = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 3, (64, 1))
-    profile = training.Profile(name="smoke", epochs=5, batch_size=16, learning_rate=1e-2)
-    full = training.Profile(name="full", epochs=1, batch_size=16)
+    profile = profiles.Profile(name="smoke", epochs=5, batch_size=16, learning_rate=1e-2)
+    full = profiles.Profile(name="full", epochs=1, batch_size=16)
 
     def build_and_train(enable, data=(x, y), run_profile=profile):
         keras.utils.set_random_seed(0)
@@ -109,11 +109,11 @@ CHILD = textwrap.dedent(
                 result[f"default_{name}"] = distribute.data_parallel_plan(kind).active
             result[f"default_{name}_printed"] = printed.getvalue()
         try:
-            distribute.data_parallel_plan(training.Profile(name="smoke", epochs=1, batch_size=15), enable=True)
+            distribute.data_parallel_plan(profiles.Profile(name="smoke", epochs=1, batch_size=15), enable=True)
         except ValueError as error:
             result["odd_batch_error"] = str(error)
         odd = (np.concatenate([x, x[:3]]), np.concatenate([y, y[:3]]))  # 67 samples: last batch of 3
-        uneven = build_and_train(enable=True, data=odd, run_profile=training.Profile(
+        uneven = build_and_train(enable=True, data=odd, run_profile=profiles.Profile(
             name="smoke", epochs=1, batch_size=16))
         result["uneven"] = {"printed": uneven["printed"], "loss": uneven["loss"]}
     print("RESULT " + json.dumps(result))
@@ -223,7 +223,7 @@ def test_torch_says_it_trains_on_one_device():
 
 
 def test_arguments_are_checked():
-    profile = training.Profile(name="full", epochs=1, batch_size=8)
+    profile = profiles.Profile(name="full", epochs=1, batch_size=8)
     with pytest.raises(TypeError, match="Profile"):
         with distribute.distribution_scope("full"):
             pass
@@ -234,3 +234,7 @@ def test_arguments_are_checked():
     one = distribute.DataParallelPlan("jax", ("cpu:0",))
     assert not one.active and one.num_devices == 1 and one.per_device_batch(7) == 7
     assert one.even_split([1, 2, 3])[1] == 0
+
+
+def test_describe_device_names_the_cpu():
+    assert "CPU" in distribute.describe_device() or "gpu" in distribute.describe_device().lower()

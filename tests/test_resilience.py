@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(
     import json, os, sys, time
     import keras
     import numpy as np
-    from course_utils import training
+    from course_utils import profiles, training
 
     backup_root, model_path, pause_file = sys.argv[1:4]
 
@@ -66,7 +66,7 @@ CHILD = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, ({STEPS * 4}, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 3, ({STEPS * 4}, 1))
-    profile = training.Profile(name="smoke", epochs={EPOCHS}, batch_size=4, warmup_epochs=1)
+    profile = profiles.Profile(name="smoke", epochs={EPOCHS}, batch_size=4, warmup_epochs=1)
     result = training.train(model, (x, y), (x[:16], y[:16]), profile, "killed", backup_root=backup_root,
                             callbacks=[Markers()], verbose=0)
     model.save(model_path)

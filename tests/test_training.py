@@ -7,7 +7,7 @@ import pytest
 
 from course_utils import training
 from course_utils.constants import RESULT_MIMETYPE
-from course_utils.models import token_learner
+from course_utils.profiles import Profile
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_the_floor():
@@ -30,17 +30,6 @@ def test_warmup_cosine_rejects_bad_steps(kwargs):
         training.warmup_cosine(1e-3, **kwargs)
 
 
-def test_profiles_are_validated_and_printable():
-    with pytest.raises(ValueError, match="smoke"):
-        training.Profile(name="fast", epochs=1, batch_size=2)
-    with pytest.raises(ValueError, match="epochs"):
-        training.Profile(name="smoke", epochs=0, batch_size=2)
-    text = token_learner.PROFILES["workshop"].describe()
-    assert "workshop" in text and "batch_size" in text
-    with pytest.raises(ValueError, match="choose one of"):
-        training.select_profile(token_learner.PROFILES, "huge")
-
-
 def tiny_model():
     images = keras.Input((8, 8, 3), dtype="uint8")
     x = keras.layers.Rescaling(1 / 255)(images)
@@ -52,7 +41,7 @@ def test_train_resumes_from_backup_and_cleans_up(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 3, (16, 1))
-    profile = training.Profile(name="smoke", epochs=3, batch_size=8, warmup_epochs=1)
+    profile = Profile(name="smoke", epochs=3, batch_size=8, warmup_epochs=1)
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -73,7 +62,7 @@ def test_train_resumes_from_backup_and_cleans_up(tmp_path):
 
 def test_train_checks_its_arguments(tmp_path):
     x, y = np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 1))
-    profile = training.Profile(name="smoke", epochs=1, batch_size=2)
+    profile = Profile(name="smoke", epochs=1, batch_size=2)
     with pytest.raises(TypeError, match="Profile"):
         training.train(tiny_model(), (x, y), (x, y), "smoke", "run", backup_root=tmp_path)
     with pytest.raises(ValueError, match="run_name"):
@@ -95,14 +84,10 @@ def test_report_publishes_a_record_the_runner_can_read(capsys, monkeypatch):
     import IPython.display
 
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
-    record = training.report("01_x", token_learner.PROFILES["smoke"], 0.4321, 12.34, 1000, extra_metric=1)
+    record = training.report("01_x", Profile(name="smoke", epochs=1, batch_size=2), 0.4321, 12.34, 1000, extra_metric=1)
     assert record["profile"] == "smoke" and record["backend"] == keras.backend.backend()
     assert shown and json.loads(json.dumps(shown[0][RESULT_MIMETYPE])) == record
     assert "0.4321" in shown[0]["text/plain"]
-
-
-def test_describe_device_names_the_cpu():
-    assert "CPU" in training.describe_device() or "gpu" in training.describe_device().lower()
 
 
 def test_classification_loss_reads_logits():

@@ -33,6 +33,16 @@ def test_inference_is_deterministic_and_training_is_random():
     assert not np.allclose(augmented, first)
 
 
+def test_inference_centre_crops_the_resized_image_instead_of_resizing_to_the_crop():
+    """Objects keep the same scale in training (random crops of the resize) and at evaluation (its centre)."""
+    images = uint8_images(batch=2)
+    out = keras.ops.convert_to_numpy(preprocessing(image_size=32, resize_to=36)(images, training=False))
+    resized = keras.ops.convert_to_numpy(keras.layers.Resizing(36, 36)(images.astype("float32") / 255.0))
+    np.testing.assert_allclose(out, resized[:, 2:34, 2:34], atol=1e-5)
+    squeezed = keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32)(images.astype("float32") / 255.0))
+    assert not np.allclose(out, squeezed, atol=1e-2)
+
+
 def test_model_fits_uint8_arrays_directly(tmp_path):
     images = keras.Input((32, 32, 3), dtype="uint8")
     x = preprocessing(image_size=24, resize_to=28)(images)

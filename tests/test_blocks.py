@@ -26,7 +26,8 @@ def test_patch_embedding_rejects_patch_that_does_not_divide_image():
 
 
 def test_position_embedding_adds_a_learned_vector_per_token(tmp_path):
-    layer = check_layer(blocks.PositionEmbedding, {}, (2, 5, 4), (2, 5, 4), tmp_path)
+    # A non-default argument, so that check_layer fails if get_config ever drops it.
+    layer = check_layer(blocks.PositionEmbedding, {"initializer_stddev": 0.05}, (2, 5, 4), (2, 5, 4), tmp_path)
     x = random_inputs((2, 5, 4))
     difference = keras.ops.convert_to_numpy(layer(x)) - x
     np.testing.assert_allclose(difference[0], difference[1], atol=1e-6)  # same vector for every image
@@ -62,6 +63,17 @@ def test_transformer_block_returns_outputs_and_scores(tmp_path):
     )
     _, scores = layer(random_inputs((2, 5, 8)))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(scores).sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_transformer_block_heads_split_the_width_instead_of_each_taking_all_of_it(num_heads):
+    """Each head attends with channels / num_heads channels: the attention holds 4 (c x c + c) weights for
+    any number of heads. A block whose heads each took the full width (the keras.io ViT's key_dim) holds
+    about num_heads times more."""
+    channels = 16
+    block = blocks.TransformerBlock(num_heads=num_heads)
+    block(random_inputs((1, 5, channels)))
+    assert block.attention.count_params() == 4 * (channels * channels + channels)
 
 
 def test_transformer_block_rejects_heads_that_do_not_divide_width():

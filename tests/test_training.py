@@ -71,6 +71,35 @@ def test_train_checks_its_arguments(tmp_path):
     assert fresh.initial_epoch == 0 and len(fresh.history["loss"]) == 1
 
 
+def test_train_keeps_the_last_partial_batch_and_shuffles_every_epoch(tmp_path, monkeypatch):
+    """The TLB keras.io example dropped the last partial batch and shuffled once; train() must do neither."""
+    x = np.zeros((10, 8, 8, 3), np.uint8)
+    y = np.zeros((10, 1))
+    profile = Profile(name="smoke", epochs=2, batch_size=4)
+
+    class CountSteps(keras.callbacks.Callback):
+        steps = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.steps.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps[-1] += 1
+
+    model = tiny_model()
+    fit = model.fit
+    seen = {}
+
+    def recording_fit(*args, **kwargs):
+        seen.update(kwargs, samples=len(args[0]))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(model, "fit", recording_fit)
+    training.train(model, (x, y), None, profile, "steps", backup_root=tmp_path, callbacks=[CountSteps()], verbose=0)
+    assert CountSteps.steps == [3, 3], "10 images at batch 4 are 3 steps an epoch: the last, partial batch counts"
+    assert seen["samples"] == 10 and seen.get("shuffle", True) is True, "fit must reshuffle the arrays every epoch"
+
+
 def test_evaluate_is_top1_accuracy():
     model = tiny_model()
     images = np.zeros((4, 8, 8, 3), np.uint8)

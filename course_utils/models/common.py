@@ -86,11 +86,18 @@ def predict_outputs(model, make_visualization_model, images, batch_size=128):
     """Run a visualization model on ``images`` in inference mode; numpy outputs by name.
 
     ``model`` is either a visualization model or the classifier itself, which ``make_visualization_model``
-    then turns into one (cheap, but pass the visualization model when calling many times).
+    then turns into one (cheap, but pass the visualization model when calling many times). Up to
+    ``batch_size`` images (the explorer sends one at a time) go through one direct call of the model;
+    more go through ``predict`` in batches. A direct call compiles nothing, so an explorer that sends
+    a different number of images each time never makes TensorFlow retrace a prediction function.
     """
     require_positive_int("batch_size", batch_size)
     viz_model = model if is_visualization_model(model) else make_visualization_model(model)
-    outputs = viz_model.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    images = np.asarray(images)
+    if len(images) <= batch_size:
+        outputs = viz_model(images, training=False)
+        return {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
+    outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
     return {name: np.asarray(value) for name, value in outputs.items()}
 
 

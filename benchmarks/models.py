@@ -1,8 +1,8 @@
 """Size, cost, compile time, throughput and peak memory of the course's five models, in one table.
 
-For every model of ``course_utils.models.MODEL_MODULES``, built with one profile's configuration and
-compiled the way the notebooks compile it (``compile_for_profile``), on the current Keras backend and
-device, one row:
+For every model of ``course_utils.models.MODEL_MODULES``, built through the model-module protocol
+(``module.build_model(**module.PROFILES[profile].model)``, the notebook's model) and compiled the way the
+notebooks compile it (``compile_for_profile``), on the current Keras backend and device, one row:
 
 - parameters: ``model.count_params()``;
 - FLOPs per image: one forward pass in inference mode, from XLA's cost analysis
@@ -51,17 +51,9 @@ sys.path.insert(0, str(REPOSITORY))
 
 # Light imports only: the parent process never loads a backend, so that it holds no accelerator memory
 # (JAX and TensorFlow reserve most of a GPU as soon as they list its devices).
-from course_utils.constants import PROFILE_NAMES  # noqa: E402
 from course_utils.models import MODEL_MODULES  # noqa: E402
+from course_utils.profiles import PROFILE_NAMES  # noqa: E402
 
-# The main builder of each module, with the arguments the notebook adds to the profile's ``model``.
-BUILDERS = {
-    "token_learner": ("build_vit", {"token_learner": "v1.0"}),  # notebook 01's ViT + TokenLearner
-    "cait": ("build_cait", {}),
-    "patch_convnet": ("build_patch_convnet", {}),
-    "focal_modulation": ("build_focalnet", {}),
-    "temporal_latent_bottleneck": ("build_tlb", {}),
-}
 # Images per epoch for the learning-rate schedule when a profile trains on all 40,000 training images.
 FULL_TRAINING_SET = 40_000
 MEBIBYTE = 2**20
@@ -79,13 +71,10 @@ NUMBER_COLUMNS = (
 # --------------------------------------------------------------------------------------------
 # Child: one model, measured in this process
 # --------------------------------------------------------------------------------------------
-def build_model(name, profile):
-    """The module's main model with ``profile``'s configuration, and a readable description of the call."""
-    builder_name, extra = BUILDERS[name]
-    module = importlib.import_module(f"course_utils.models.{name}")
-    kwargs = {**profile.model, **extra}
-    call = f"{name}.{builder_name}({', '.join(f'{key}={value!r}' for key, value in kwargs.items())})"
-    return getattr(module, builder_name)(**kwargs), call
+def build_model(module, profile):
+    """``module.build_model(**profile.model)`` (the protocol's builder), and a readable description of the call."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in profile.model.items())
+    return module.build_model(**profile.model), f"{module.__name__.rsplit('.', 1)[-1]}.build_model({arguments})"
 
 
 def random_batches(model, batch_size, batches, seed):
@@ -180,7 +169,7 @@ def environment():
     """Backend, Keras version and device, as seen by a process that computes with them."""
     import keras
 
-    from course_utils.training import describe_device
+    from course_utils.distribute import describe_device
 
     return {"backend": keras.backend.backend(), "keras_version": keras.__version__, "device": describe_device()}
 
@@ -194,9 +183,10 @@ def measure_model(name, profile_name, batch_size, steps, with_flops, seed):
 
     row = {"model": name, "environment": environment(), "baseline_rss_bytes": peak_rss_bytes()}
     keras.utils.set_random_seed(seed)
-    profile = importlib.import_module(f"course_utils.models.{name}").PROFILES[profile_name]
+    module = importlib.import_module(f"course_utils.models.{name}")  # the protocol: PROFILES and build_model
+    profile = module.PROFILES[profile_name]
     profile = dataclasses.replace(profile, batch_size=batch_size or profile.batch_size)
-    model, row["builder"] = build_model(name, profile)
+    model, row["builder"] = build_model(module, profile)
     row["parameters"] = model.count_params()
     # FLOPs before compiling: they do not depend on the weights, and on TensorFlow/PyTorch the model is
     # saved for a JAX subprocess, which is simpler without an optimizer attached.

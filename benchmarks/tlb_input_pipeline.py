@@ -43,9 +43,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import keras  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from course_utils.augment import preprocessing  # noqa: E402
+from course_utils.distribute import describe_device  # noqa: E402
 from course_utils.models import temporal_latent_bottleneck as tlb  # noqa: E402
-from course_utils.training import classification_loss, describe_device  # noqa: E402
+from course_utils.models.common import find_layer, image_input  # noqa: E402
+from course_utils.training import classification_loss  # noqa: E402
 
 # Measured by the issue author with the reference example's own code on the course's 2-core CPU,
 # TensorFlow backend, its configuration (the `full` profile's model) at batch 1024.
@@ -164,8 +165,8 @@ def matrix_products_alone(model_kwargs, batch_size, repeats=5):
     (LayerNorm, GELU, softmax, dropout, residual additions, the optimizer) are left out, and the products
     here may all run side by side, where the model must run most of them one after another.
     """
-    model = tlb.build_tlb(**{**model_kwargs, "include_preprocessing": False})
-    bottleneck = tlb.bottleneck_layer(model)
+    model = tlb.build_model(**{**model_kwargs, "include_preprocessing": False})
+    bottleneck = find_layer(model, tlb.TemporalLatentBottleneck, tlb.BUILDER)
     num_chunks = bottleneck.input.shape[1]
     products = training_products(bottleneck.cell, batch_size)
     dense = [(left, right) for left, right in products if len(left) == 2]
@@ -230,7 +231,7 @@ class ExampleLikeCell(tlb.TLBCell):
         settings = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
                         attention_dropout=self.attention_dropout)
         names = []
-        for i in range(self.num_layers):
+        for i in range(self.depth):
             names.append(f"listed_self_{i}")
             if i % self.r == 0:
                 names.append(f"listed_cross_{i}")
@@ -259,12 +260,12 @@ class ExampleLikeBottleneck(tlb.TemporalLatentBottleneck):
     cell_class = ExampleLikeCell
 
 
-def build_example_like(image_size, patch_size, embed_dim, chunk_size, num_latents, num_layers, r, num_heads=1,
+def build_example_like(image_size, patch_size, embed_dim, chunk_size, num_latents, depth, r, num_heads=1,
                        mlp_ratio=4, dropout_rate=0.0, attention_dropout=0.0, num_classes=10, **unused):
     """The reference example's amount of work per image, on pre-augmented float images."""
     inputs = keras.Input((image_size, image_size, 3))
     chunks = tlb.ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size)(inputs)
-    slow, _ = ExampleLikeBottleneck(num_latents, num_layers, r, num_heads, mlp_ratio, dropout_rate,
+    slow, _ = ExampleLikeBottleneck(num_latents, depth, r, num_heads, mlp_ratio, dropout_rate,
                                     attention_dropout)(chunks)
     pooled = keras.layers.GlobalAveragePooling1D()(slow)
     return keras.Model(inputs, keras.layers.Dense(num_classes, dtype="float32")(pooled))
@@ -339,8 +340,7 @@ def python_pipeline_alone(dataset, batch_size):
 
 def in_model_augmentation_alone(images, labels, batch_size, image_size, resize_to):
     """Images/s of uint8 arrays -> in-model augmentation -> a linear probe, under ``fit``."""
-    inputs = keras.Input((32, 32, 3), dtype="uint8")
-    x = preprocessing(image_size=image_size, resize_to=resize_to)(inputs)
+    inputs, x = image_input(image_size, input_size=32, resize_to=resize_to)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(10)(x))
     return fit_throughput(model, images, batch_size, labels)
@@ -398,11 +398,11 @@ def main(argv=None):
     pre_augmented = np.stack([pipeline.augment_pil(image) for image in images])
     bare = {**model_kwargs, "include_preprocessing": False}
     model_alone = measure("TLB model alone (pre-augmented float arrays)",
-                          lambda: fit_throughput(tlb.build_tlb(**bare), pre_augmented, batch, labels))
+                          lambda: fit_throughput(tlb.build_model(**bare), pre_augmented, batch, labels))
     ours = measure("TLB model + in-model augmentation (ours)",
-                   lambda: fit_throughput(tlb.build_tlb(**model_kwargs), images, batch, labels))
+                   lambda: fit_throughput(tlb.build_model(**model_kwargs), images, batch, labels))
     with_python = measure(f"TLB model + per-sample Python pipeline ({PER_SAMPLE_OPS[args.per_sample_ops]})",
-                          lambda: fit_throughput(tlb.build_tlb(**bare), pipeline, batch))
+                          lambda: fit_throughput(tlb.build_model(**bare), pipeline, batch))
     policies = {"none": [], "both": ["float32", "mixed_float16"]}.get(args.example, [args.example])
     example_rows = {}
     for policy in policies:

@@ -230,25 +230,30 @@ def count_parameters(model_or_layer):
 # 01 TokenLearner
 # --------------------------------------------------------------------------------------------
 def _transformer_blocks(model):
+    from course_utils.models import token_learner as tl
     from course_utils.models.blocks import TransformerBlock
+    from course_utils.models.common import find_layers
 
-    return [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
+    return find_layers(model, TransformerBlock, tl.BUILDER)
 
 
 def token_learner_tokens(model):
-    """Shape of the tokens the model's TokenLearner (layer ``token_learner``) outputs."""
-    return tuple(model.get_layer("token_learner").output[0].shape)
+    """Shape of the tokens the model's TokenLearner (either variant) outputs."""
+    from course_utils.models import token_learner as tl
+    from course_utils.models.common import find_layer
+
+    return tuple(find_layer(model, tl.TokenLearner, tl.BUILDER).output[0].shape)
 
 
 def tokens_per_block(model):
-    """How many tokens each Transformer block of a ``build_vit`` model receives, in order."""
+    """How many tokens each Transformer block of a ``token_learner.build_model`` model receives, in order."""
     return [layer.input.shape[1] for layer in _transformer_blocks(model)]
 
 
 def check_token_learner_tokens(answer_model, reference_model, scores_per_head, names=("vit_4", "scores_4")):
     """01, fewer learned tokens: the model, and the attention scores per head in its last block.
 
-    ``reference_model`` is ``build_vit(token_learner=..., num_tokens=S, ...)`` built by the check cell;
+    ``reference_model`` is ``token_learner.build_model(num_tokens=S, ...)`` built by the check cell;
     the expected score count is read from the shape of its last block's attention scores. ``names`` are
     the notebook's names of the two answers, used in the printed lines (so in every named check below).
     """
@@ -257,7 +262,7 @@ def check_token_learner_tokens(answer_model, reference_model, scores_per_head, n
         reference_model,
         names[0],
         {"TokenLearner output": token_learner_tokens, "parameters": count_parameters},
-        hint="tl.build_vit(token_learner='v1.0', num_tokens=..., **config.model).",
+        hint="tl.build_model(num_tokens=..., **config.model).",
     )
     scores_shape = _transformer_blocks(reference_model)[-1].output[1].shape  # (batch, heads, tokens, tokens)
     scores = check(
@@ -296,13 +301,14 @@ def check_token_learner_position(
 # --------------------------------------------------------------------------------------------
 def _cait_blocks(model, kind):
     from course_utils.models import cait
+    from course_utils.models.common import find_layers
 
     block_type = {"self": cait.SelfAttentionBlock, "class": cait.ClassAttentionBlock}[kind]
-    return [layer for layer in model.layers if isinstance(layer, block_type)]
+    return find_layers(model, block_type, cait.BUILDER)
 
 
 def blocks_with_layer_scale(model):
-    """How many self- and class-attention blocks of a ``build_cait`` model use LayerScale."""
+    """How many self- and class-attention blocks of a ``cait.build_model`` model use LayerScale."""
     return sum(block.use_layer_scale for block in _cait_blocks(model, "self") + _cait_blocks(model, "class"))
 
 
@@ -320,7 +326,7 @@ def check_without_layer_scale(
         reference_model,
         names[0],
         {"blocks with LayerScale": blocks_with_layer_scale, "parameters": count_parameters},
-        hint="build_cait has an argument use_layer_scale.",
+        hint="cait.build_model has an argument use_layer_scale.",
     )
     blocks = blocks_with_layer_scale(with_layer_scale_model)
     count = check(
@@ -436,7 +442,7 @@ def attention_map_shape(model):
     """Shape of the attention map that ``patch_convnet.visualization_model(model)`` outputs."""
     from course_utils.models import patch_convnet
 
-    return tuple(patch_convnet.visualization_model(model).output["attention"].shape)
+    return tuple(patch_convnet.visualization_model(model).output[patch_convnet.ATTENTION_OUTPUT].shape)
 
 
 def check_trunk_depth(
@@ -471,8 +477,8 @@ def check_trunk_depth(
         map_shape,
         attention_map_shape(reference_model),
         names[2],
-        hint="(batch, heads, grid, grid); the stem divides the image side by pc.STEM_STRIDE and no trunk "
-        "block changes the grid.",
+        hint="(batch, heads, grid, grid); the stem divides the image side by config.model['patch_size'] and "
+        "no trunk block changes the grid.",
         note="The trunk is a column: however deep, the map keeps one weight per stem patch.",
     )
     return combine(built, per_block, shape)
@@ -481,16 +487,12 @@ def check_trunk_depth(
 def class_token_self_weight(pooling, patches):
     """The weight the class token of an ``AttentionPooling`` gives to itself, ``(batch, heads)``.
 
-    Recomputed from the layer's own sub-layers (inference mode): the full softmax row over
-    ``[class token, patches]`` whose first entry ``AttentionPooling`` leaves out of the map it returns.
+    Read from the layer's attention step alone (``AttentionPooling.attend``, inference mode): the full
+    softmax row over ``[class token, patches]`` whose first entry ``AttentionPooling`` leaves out of the
+    map it returns.
     """
-    batch, channels = ops.shape(patches)[0], ops.shape(patches)[-1]
-    token = ops.broadcast_to(ops.cast(pooling.class_token, patches.dtype), (batch, 1, channels))
-    tokens = pooling.token_norm(ops.concatenate([token, patches], axis=1))
-    _, scores = pooling.attention(
-        query=tokens[:, :1], value=tokens, key=tokens, return_attention_scores=True, training=False
-    )
-    return ops.convert_to_numpy(scores[:, :, 0, 0])
+    _, _, row = pooling.attend(patches, training=False)
+    return ops.convert_to_numpy(row[:, :, 0])
 
 
 def check_pooling_weights(pooling, patches, patch_weight_sums, self_weight, names=("patch_weight_sums", "self_weight")):
@@ -623,14 +625,20 @@ def slow_stream_attention_shape(model):
     """``(chunks, heads, latents, tokens per chunk)``: the per-image shape of a TLB's slow-stream attention."""
     from course_utils.models import temporal_latent_bottleneck as tlb
 
-    return tuple(tlb.visualization_model(model).output["slow_stream_attention"].shape[1:])
+    return tuple(tlb.visualization_model(model).output[tlb.ATTENTION_OUTPUT].shape[1:])
+
+
+def _tlb_cell(model):
+    """The recurrent cell of a ``temporal_latent_bottleneck.build_model`` model."""
+    from course_utils.models import temporal_latent_bottleneck as tlb
+    from course_utils.models.common import find_layer
+
+    return find_layer(model, tlb.TemporalLatentBottleneck, tlb.BUILDER).cell
 
 
 def slow_stream_size(model):
     """How many numbers the slow stream carries from one chunk to the next (latents x width)."""
-    from course_utils.models import temporal_latent_bottleneck as tlb
-
-    return int(tlb.bottleneck_layer(model).cell.state_size)
+    return int(_tlb_cell(model).state_size)
 
 
 def check_chunk_size(answer_model, reference_model, num_chunks, scores_shape,
@@ -644,7 +652,7 @@ def check_chunk_size(answer_model, reference_model, num_chunks, scores_shape,
     built = check_built(
         answer_model, reference_model, names[0],
         {"slow-stream attention per image": slow_stream_attention_shape, "parameters": count_parameters},
-        hint="tlb.build_tlb(**{**settings, \"chunk_size\": ...}).",
+        hint="tlb.build_model(**{**settings, \"chunk_size\": ...}).",
     )
     chunks = check(num_chunks, expected_shape[0], names[1],
                    hint="the patch grid holds (image_size / patch_size) ** 2 tokens; each chunk takes chunk_size.")
@@ -662,12 +670,10 @@ def check_bottleneck_size(answer_model, reference_model, model, memory_numbers, 
     the exercise asks for. Expected: the slow stream's size in ``model`` (latents x width), one chunk's size at
     the input (chunk_size x width), and how many parameters ``reference_model`` has fewer than ``model``.
     """
-    from course_utils.models import temporal_latent_bottleneck as tlb
-
-    cell = tlb.bottleneck_layer(model).cell
+    cell = _tlb_cell(model)
     built = check_built(answer_model, reference_model, names[0],
                         {"slow-stream size": slow_stream_size, "parameters": count_parameters},
-                        hint="tlb.build_tlb(**{**settings, \"num_latents\": ...}).")
+                        hint="tlb.build_model(**{**settings, \"num_latents\": ...}).")
     memory = check(memory_numbers, slow_stream_size(model), names[1],
                    hint="the slow stream is num_latents vectors of width embed_dim.")
     chunk = check(chunk_numbers, cell.chunk_size * cell.embed_dim, names[2],

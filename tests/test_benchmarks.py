@@ -6,6 +6,7 @@ in docs/benchmarks.md; running all five here would take minutes (the TLB alone c
 2-core CPU).
 """
 
+import importlib
 import importlib.util
 import json
 import pathlib
@@ -14,9 +15,18 @@ import sys
 
 import pytest
 
+from course_utils.models import MODEL_MODULES
+
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPOSITORY / "benchmarks" / "models.py"
 FAST_MODELS = ("patch_convnet", "token_learner")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_models", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)  # light: the script loads Keras only in its per-model subprocesses
+    return benchmark
 
 
 def run_benchmark(*args):
@@ -81,9 +91,7 @@ def test_steps_must_be_positive():
 
 
 def test_a_failed_model_is_reported_in_its_row():
-    spec = importlib.util.spec_from_file_location("benchmark_models", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)  # light: the script loads Keras only in its per-model subprocesses
+    benchmark = load_script()
     measured = {"model": "cait", "parameters": 41570, "flops_per_image": 1.66e6, "batch_size": 64,
                 "first_step_seconds": 11.0, "train_images_per_second": 2411.0, "predict_images_per_second": 8612.0,
                 "peak_memory_bytes": 2**30, "memory_kind": "peak process RSS", "status": "ok"}
@@ -91,3 +99,25 @@ def test_a_failed_model_is_reported_in_its_row():
     rows = table_rows(benchmark.markdown_table([measured, failed]))
     assert rows[0] == ["cait", "41,570", "1.66", "64", "11", "2,411", "8,612", "1,024", "ok"]
     assert rows[1] == ["focal_modulation", *["-"] * 7, "failed: ValueError: a / b"]
+
+
+@pytest.mark.parametrize("name", MODEL_MODULES)
+def test_every_model_is_built_by_its_module_protocol_builder(name, monkeypatch):
+    # No table of builders: each module's build_model gets exactly its profile's arguments.
+    module = importlib.import_module(f"course_utils.models.{name}")
+    calls = []
+    monkeypatch.setattr(module, "build_model", lambda **arguments: calls.append(arguments) or "model", raising=False)
+    profile = module.PROFILES["smoke"]
+    model, call = load_script().build_model(module, profile)
+    assert model == "model" and calls == [profile.model]
+    assert call == f"{name}.build_model(" + ", ".join(f"{k}={v!r}" for k, v in profile.model.items()) + ")"
+
+
+def test_the_builder_makes_the_notebook_model():
+    from course_utils.models import patch_convnet
+
+    profile = patch_convnet.PROFILES["smoke"]
+    model, call = load_script().build_model(patch_convnet, profile)
+    assert model.output_shape == (None, 10)
+    assert model.count_params() == patch_convnet.build_model(**profile.model).count_params()
+    assert call.startswith(f"patch_convnet.build_model(embed_dim={profile.model['embed_dim']}, ")

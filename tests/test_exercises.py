@@ -179,38 +179,38 @@ def assert_outcome(expected, result, printed, hint_fragment=None):
 
 
 def test_check_token_learner_tokens():
-    reference = tl.build_vit(token_learner="v1.0", num_tokens=4, **VIT)
-    right = tl.build_vit(token_learner="v1.0", num_tokens=4, **VIT)
-    wrong = tl.build_vit(token_learner="v1.0", num_tokens=8, **VIT)
+    reference = tl.build_model(num_tokens=4, **VIT)
+    right = tl.build_model(num_tokens=4, **VIT)
+    wrong = tl.build_model(num_tokens=8, **VIT)
     check = exercises.check_token_learner_tokens
     assert_outcome(True, *run_and_capture(check, right, reference, 4 * 4))
     assert_outcome(False, *run_and_capture(check, wrong, reference, 4 * 4), "num_tokens")
+    assert_outcome(False, *run_and_capture(check, tl.build_baseline(**VIT), reference, 4 * 4), "no TokenLearner layer")
     assert_outcome(False, *run_and_capture(check, right, reference, 8 * 8), "pair")
     assert_outcome(None, *run_and_capture(check, None, reference, ...))
     assert_outcome(None, *run_and_capture(check, right, reference, ...))
 
 
 def test_check_token_learner_position():
-    reference = tl.build_vit(token_learner="v1.0", token_learner_after=0, **VIT)
-    middle = tl.build_vit(token_learner="v1.0", **VIT)
+    reference = tl.build_model(token_learner_after=0, **VIT)
+    middle = tl.build_model(**VIT)
     check = exercises.check_token_learner_position
     depth, half = VIT["depth"], VIT["depth"] // 2
     early, in_the_middle = [8] * depth, [VIT_PATCHES] * half + [8] * (depth - half)
     assert exercises.tokens_per_block(reference) == early and exercises.tokens_per_block(middle) == in_the_middle
-    assert_outcome(True, *run_and_capture(check, tl.build_vit(token_learner="v1.0", token_learner_after=0, **VIT),
-                                          reference, early))
+    assert_outcome(True, *run_and_capture(check, tl.build_model(token_learner_after=0, **VIT), reference, early))
     assert_outcome(False, *run_and_capture(check, middle, reference, early), "token_learner_after")
     assert_outcome(False, *run_and_capture(check, reference, reference, in_the_middle), "blocks before")
     assert_outcome(None, *run_and_capture(check, None, reference, ...))
 
 
 def test_check_without_layer_scale():
-    reference = cait.build_cait(**CAIT, use_layer_scale=False)
-    with_layer_scale = cait.build_cait(**CAIT)
+    reference = cait.build_model(**CAIT, use_layer_scale=False)
+    with_layer_scale = cait.build_model(**CAIT)
     added = 2 * CAIT["embed_dim"] * (CAIT["depth"] + CAIT["class_attention_depth"])  # 2 branches per block
     assert with_layer_scale.count_params() - reference.count_params() == added
     check = exercises.check_without_layer_scale
-    assert_outcome(True, *run_and_capture(check, cait.build_cait(**CAIT, use_layer_scale=False), reference,
+    assert_outcome(True, *run_and_capture(check, cait.build_model(**CAIT, use_layer_scale=False), reference,
                                           with_layer_scale, added))
     assert_outcome(False, *run_and_capture(check, with_layer_scale, reference, with_layer_scale, added),
                    "use_layer_scale")
@@ -261,12 +261,12 @@ def test_check_residual_update():
 
 def test_check_class_attention():
     settings = {**CAIT, "class_attention_depth": 1}
-    reference = cait.build_cait(**settings)
+    reference = cait.build_model(**settings)
     heads = CAIT["num_heads"]
     class_shape, patch_shape = (None, heads, 1 + CAIT_PATCHES), (None, heads, CAIT_PATCHES, CAIT_PATCHES)
     check = exercises.check_class_attention
-    assert_outcome(True, *run_and_capture(check, cait.build_cait(**settings), reference, class_shape, patch_shape))
-    assert_outcome(False, *run_and_capture(check, cait.build_cait(**CAIT), reference, class_shape, patch_shape),
+    assert_outcome(True, *run_and_capture(check, cait.build_model(**settings), reference, class_shape, patch_shape))
+    assert_outcome(False, *run_and_capture(check, cait.build_model(**CAIT), reference, class_shape, patch_shape),
                    "class_attention_depth")
     wrong_class, wrong_patch = (None, heads, CAIT_PATCHES), (None, heads, 1 + CAIT_PATCHES, 1 + CAIT_PATCHES)
     assert_outcome(False, *run_and_capture(check, reference, reference, wrong_class, patch_shape), "class token")
@@ -275,14 +275,14 @@ def test_check_class_attention():
 
 
 def test_check_trunk_depth():
-    baseline = pc.build_patch_convnet(**CONVNET)
+    baseline = pc.build_model(**CONVNET)
     settings = {**CONVNET, "depth": CONVNET["depth"] + 2}
-    reference = pc.build_patch_convnet(**settings)
+    reference = pc.build_model(**settings)
     per_block = sum(int(np.prod(w.shape)) for w in pc.trunk_blocks(reference)[0].weights)
     check = exercises.check_trunk_depth
-    grid = CONVNET["image_size"] // pc.STEM_STRIDE
+    grid = CONVNET["image_size"] // CONVNET["patch_size"]
     map_shape = (None, CONVNET.get("num_heads", 1), grid, grid)
-    assert_outcome(True, *run_and_capture(check, pc.build_patch_convnet(**settings), reference, baseline, per_block,
+    assert_outcome(True, *run_and_capture(check, pc.build_model(**settings), reference, baseline, per_block,
                                           map_shape))
     assert_outcome(False, *run_and_capture(check, baseline, reference, baseline, per_block, map_shape), "depth")
     assert_outcome(False, *run_and_capture(check, reference, reference, baseline, per_block + 1, map_shape), "weights")
@@ -335,16 +335,16 @@ def test_check_focal_window():
     assert_outcome(None, *run_and_capture(check, None, reference, baseline, feature_map, [..., ...], ...))
 
 
-TLB_SETTINGS = dict(image_size=32, patch_size=8, embed_dim=16, chunk_size=4, num_latents=4, num_layers=1, r=1,
+TLB_SETTINGS = dict(image_size=32, patch_size=8, embed_dim=16, chunk_size=4, num_latents=4, depth=1, r=1,
                     num_heads=2)  # 16 patch tokens: small enough to build several models quickly
 
 
 def test_check_chunk_size():
     check = exercises.check_chunk_size
-    reference = tlb.build_tlb(**{**TLB_SETTINGS, "chunk_size": 8})
-    right = tlb.build_tlb(**{**TLB_SETTINGS, "chunk_size": 8})
+    reference = tlb.build_model(**{**TLB_SETTINGS, "chunk_size": 8})
+    right = tlb.build_model(**{**TLB_SETTINGS, "chunk_size": 8})
     assert_outcome(True, *run_and_capture(check, right, reference, 2, (2, 2, 4, 8)))
-    assert_outcome(False, *run_and_capture(check, tlb.build_tlb(**TLB_SETTINGS), reference, 2, (2, 2, 4, 8)),
+    assert_outcome(False, *run_and_capture(check, tlb.build_model(**TLB_SETTINGS), reference, 2, (2, 2, 4, 8)),
                    "chunk_size")
     assert_outcome(False, *run_and_capture(check, right, reference, 4, (2, 2, 4, 8)), "patch grid")
     assert_outcome(False, *run_and_capture(check, right, reference, 2, (2, 4, 2, 8)), "head and latent")
@@ -353,13 +353,15 @@ def test_check_chunk_size():
 
 def test_check_bottleneck_size():
     check = exercises.check_bottleneck_size
-    model = tlb.build_tlb(**TLB_SETTINGS)
-    reference = tlb.build_tlb(**{**TLB_SETTINGS, "num_latents": 2})
+    model = tlb.build_model(**TLB_SETTINGS)
+    reference = tlb.build_model(**{**TLB_SETTINGS, "num_latents": 2})
     fewer = model.count_params() - reference.count_params()
     assert fewer > 0
-    right = tlb.build_tlb(**{**TLB_SETTINGS, "num_latents": 2})
+    right = tlb.build_model(**{**TLB_SETTINGS, "num_latents": 2})
     assert_outcome(True, *run_and_capture(check, right, reference, model, 4 * 16, 4 * 16, fewer))
     assert_outcome(False, *run_and_capture(check, model, reference, model, 64, 64, fewer), "num_latents")
+    assert_outcome(False, *run_and_capture(check, tlb.build_baseline(**TLB_SETTINGS), reference, model, 64, 64, fewer),
+                   "no TemporalLatentBottleneck layer")
     assert_outcome(False, *run_and_capture(check, right, reference, model, 16, 64, fewer), "width embed_dim")
     assert_outcome(False, *run_and_capture(check, right, reference, model, 64, 64, fewer * 10), "Attention weights")
     assert_outcome(None, *run_and_capture(check, right, reference, model, 64, ..., None))

@@ -24,5 +24,5 @@ def test_flops_of_a_course_model_saved_on_any_backend():
     from course_utils.models import token_learner as tl
 
     tiny = dict(image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2)
-    plain, learned = tl.build_vit(**tiny), tl.build_vit(token_learner="v1.0", num_tokens=2, **tiny)
+    plain, learned = tl.build_baseline(**tiny), tl.build_model(num_tokens=2, **tiny)
     assert 0 < count_flops(learned) < count_flops(plain)

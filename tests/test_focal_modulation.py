@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from helpers import check_layer, check_model_round_trip, random_inputs, train_one_step
 
+from course_utils.analysis import Analysis
 from course_utils.models import focal_modulation as fm
 from course_utils.models.focal_modulation import FocalDownsample, FocalModulation, FocalNetBlock
 
@@ -122,7 +123,7 @@ def test_global_context_reaches_every_position():
         (dict(focal_level=2, focal_window=0), "`focal_window` must be a positive integer"),
         (dict(focal_level=2, focal_factor=-2), "`focal_factor` must be a non-negative integer"),
         (dict(focal_level=2, dropout_rate=1.0), r"`dropout_rate` must be a number in \[0, 1\)"),
-        (dict(focal_level=2, epsilon=0), "`epsilon` must be a positive number"),
+        (dict(focal_level=2, layer_norm_epsilon=0), "`layer_norm_epsilon` must be a positive number"),
     ],
 )
 def test_focal_modulation_rejects_bad_arguments(kwargs, message):
@@ -153,7 +154,7 @@ def test_block_post_norm_layerscale(tmp_path):
         use_post_norm=True,
         use_post_norm_in_modulation=True,
         normalize_modulator=True,
-        layerscale_value=1e-4,
+        layer_scale_init=1e-4,
         drop_path_rate=0.1,
         dropout_rate=0.1,
     )
@@ -167,7 +168,7 @@ def test_block_post_norm_layerscale(tmp_path):
 
 def test_block_is_residual():
     # With a tiny LayerScale both branches almost vanish: the block is nearly the identity.
-    block = FocalNetBlock(2, layerscale_value=1e-7)
+    block = FocalNetBlock(2, layer_scale_init=1e-7)
     x = random_inputs((2, 5, 5, 8))
     outputs, _, _ = block(x)
     np.testing.assert_allclose(_numpy(outputs), x, atol=1e-4)
@@ -188,7 +189,8 @@ def test_block_stochastic_depth_only_in_training():
     [
         (dict(focal_level=0), "focal_level` must be an integer >= 1"),
         (dict(focal_level=1, mlp_ratio=0), "`mlp_ratio` must be a positive number"),
-        (dict(focal_level=1, layerscale_value=0.0), "`layerscale_value` must be a positive number"),
+        (dict(focal_level=1, layer_scale_init=0.0), "`layer_scale_init` must be a positive number"),
+        (dict(focal_level=1, layer_norm_epsilon=-1.0), "`layer_norm_epsilon` must be a positive number"),
         (dict(focal_level=1, drop_path_rate=-0.1), r"`drop_path_rate` must be a number in \[0, 1\)"),
         (dict(focal_level=1, focal_window=2), "odd focal_window"),
     ],
@@ -202,7 +204,7 @@ def test_block_rejects_bad_arguments(kwargs, message):
 # The network
 # ------------------------------------------------------------------------------------------------
 def test_builder_tiny_configuration():
-    model = fm.build_focalnet(**TINY)
+    model = fm.build_model(**TINY)
     assert model.input_shape == (None, 32, 32, 3) and model.inputs[0].dtype == "uint8"
     logits = model(_uint8_images())
     assert tuple(logits.shape) == (2, 10)
@@ -216,7 +218,7 @@ def test_builder_tiny_configuration():
 
 
 def test_builder_options():
-    model = fm.build_focalnet(
+    model = fm.build_model(
         num_classes=5,
         include_preprocessing=False,
         image_size=30,
@@ -225,7 +227,7 @@ def test_builder_options():
         focal_levels=1,
         use_overlap_down=True,
         use_post_norm=True,
-        layerscale_value=1e-3,
+        layer_scale_init=1e-3,
         drop_path_rate=0.2,
     )
     assert model.input_shape == (None, 30, 30, 3)
@@ -234,6 +236,42 @@ def test_builder_options():
     assert model.get_layer("stage1_downsample").output.shape == (None, 4, 4, 10)
     rates = [model.get_layer(n).drop_path_rate for n in ("stage0_block0", "stage1_block0", "stage1_block1")]
     np.testing.assert_allclose(rates, [0.0, 0.1, 0.2])
+
+
+def test_builder_takes_keyword_arguments_only():
+    with pytest.raises(TypeError):
+        fm.build_model(10, 32)
+
+
+def test_layer_norm_epsilon_reaches_every_layer_norm():
+    model = fm.build_model(**TINY, use_post_norm_in_modulation=True, layer_norm_epsilon=1e-3)
+    norms = [model.get_layer("head_norm")]
+    for layer in model.layers:
+        if isinstance(layer, FocalDownsample):
+            norms.append(layer.norm)
+        elif isinstance(layer, FocalNetBlock):
+            norms += [layer.norm1, layer.norm2, layer.modulation.norm]
+    assert len(norms) == 1 + 2 + 3 * sum(TINY["depths"])
+    assert {norm.epsilon for norm in norms} == {1e-3}
+    assert fm.build_model(**TINY).get_layer("head_norm").epsilon == 1e-5  # timm's (PyTorch's) default
+
+
+def test_baseline_is_the_shared_vit_sized_like_the_focalnet():
+    from course_utils.models import vit
+
+    config = dict(TINY, embed_dim=16, patch_size=4, layer_scale_init=1e-4)
+    baseline = fm.build_baseline(**config)
+    reference = vit.build_vit(image_size=32, patch_size=4, embed_dim=16, depth=sum(TINY["depths"]), num_heads=4,
+                              mlp_ratio=TINY["mlp_ratio"])
+    assert [type(layer) for layer in baseline.layers] == [type(layer) for layer in reference.layers]
+    assert baseline.count_params() == reference.count_params()
+    assert baseline.input_shape == (None, 32, 32, 3) and baseline.output_shape == (None, 10)
+    # A per-stage width list gives the ViT the width of stage 0; other sizes follow the FocalNet's.
+    wide = fm.build_baseline(**{**config, "embed_dim": (8, 16), "input_size": 40}, num_heads=2)
+    assert wide.get_layer("patch_embedding").embed_dim == 8 and wide.input_shape == (None, 40, 40, 3)
+    assert wide.get_layer("block_0").num_heads == 2
+    with pytest.raises(TypeError, match="focal_level"):
+        fm.build_baseline(**config, focal_level=2)  # a typo of focal_levels is not silently ignored
 
 
 @pytest.mark.parametrize(
@@ -250,11 +288,11 @@ def test_builder_options():
 )
 def test_builder_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        fm.build_focalnet(**{**TINY, **kwargs})
+        fm.build_model(**{**TINY, **kwargs})
 
 
 def test_model_save_and_load(tmp_path):
-    model = fm.build_focalnet(**TINY, layerscale_value=1e-2)
+    model = fm.build_model(**TINY, layer_scale_init=1e-2)
     images = _uint8_images()
     restored = check_model_round_trip(model, images, tmp_path)
     assert [layer.name for layer in restored.layers] == [layer.name for layer in model.layers]
@@ -268,7 +306,7 @@ def test_model_save_and_load(tmp_path):
 # Visualization
 # ------------------------------------------------------------------------------------------------
 def test_visualization_model_outputs(tmp_path):
-    model = fm.build_focalnet(**TINY)
+    model = fm.build_model(**TINY)
     viz = fm.visualization_model(model)
     images = _uint8_images()
     outputs = viz(images, training=False)
@@ -287,38 +325,54 @@ def test_visualization_model_outputs(tmp_path):
     check_model_round_trip(viz, images, tmp_path)
 
 
-def test_analyze():
-    viz = fm.visualization_model(fm.build_focalnet(**TINY))
+def test_analyze_returns_the_last_block_of_every_stage():
+    viz = fm.visualization_model(fm.build_model(**TINY))
     images = _uint8_images(batch=3)
-    probabilities, maps = fm.analyze(viz, images, stage=1, block=-1)
+    result = fm.analyze(viz, images, batch_size=2)
+    assert isinstance(result, Analysis)
+    probabilities, maps = result
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
-    assert set(maps) == {"gate", "modulator norm"}
-    assert maps["gate"].shape == (3, 2, 4, 4) and maps["modulator norm"].shape == (3, 1, 4, 4)
+    assert list(maps) == ["stage 0 gates", "stage 0 modulator norm", "stage 1 gates", "stage 1 modulator norm"]
+    # Stage 0 has two focal levels, stage 1 one (TINY's focal_levels=(2, 1)); the global context comes last.
+    assert maps["stage 0 gates"].items == ("level 1", "level 2", "global")
+    assert maps["stage 1 gates"].items == ("level 1", "global")
+    assert maps["stage 0 modulator norm"].items == maps["stage 1 modulator norm"].items == ("modulator norm",)
+    assert maps["stage 0 gates"].signed and maps["stage 1 gates"].signed
+    assert not maps["stage 0 modulator norm"].signed and not maps["stage 1 modulator norm"].signed
+    assert all(value.description for value in maps.values())
+    assert maps["stage 0 gates"].values.shape == (3, 3, 8, 8) and maps["stage 0 modulator norm"].grid == (8, 8)
+    assert maps["stage 1 gates"].values.shape == (3, 2, 4, 4)
     raw = viz.predict(images, verbose=0)
-    np.testing.assert_allclose(maps["gate"], np.transpose(raw["stage1_block1_gates"], (0, 3, 1, 2)), atol=1e-6)
+    # Stage 1's last block is block 1 (of 0 and 1), stage 0's is block 0.
     np.testing.assert_allclose(
-        maps["modulator norm"][:, 0], np.linalg.norm(raw["stage1_block1_modulator"], axis=-1), atol=1e-5
+        maps["stage 1 gates"].values, np.transpose(raw["stage1_block1_gates"], (0, 3, 1, 2)), atol=1e-6
     )
-    assert (maps["modulator norm"] >= 0).all()
-    _, first_stage = fm.analyze(viz, images, stage=0, block=0)
-    assert first_stage["gate"].shape == (3, 3, 8, 8)
+    np.testing.assert_allclose(
+        maps["stage 1 modulator norm"].values[:, 0], np.linalg.norm(raw["stage1_block1_modulator"], axis=-1),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        maps["stage 0 gates"].values, np.transpose(raw["stage0_block0_gates"], (0, 3, 1, 2)), atol=1e-6
+    )
+    assert (maps["stage 0 modulator norm"].values >= 0).all()
+    assert (maps["stage 0 gates"].values < 0).any(), "the gates are linear: some are negative"
 
 
-def test_analyze_rejects_unknown_blocks():
-    model = fm.build_focalnet(**TINY)
-    viz = fm.visualization_model(model)
-    with pytest.raises(ValueError, match=r"stage=2 does not exist: the model has stages \[0, 1\]"):
-        fm.analyze(viz, _uint8_images(), stage=2)
-    with pytest.raises(ValueError, match=r"block=1 does not exist in stage 0, which has blocks \[0\]"):
-        fm.analyze(viz, _uint8_images(), stage=0, block=1)
-    with pytest.raises(ValueError, match="visualization_model"):
-        fm.analyze(model, _uint8_images())
+def test_analyze_accepts_the_classifier_and_takes_no_block_arguments():
+    model = fm.build_model(**TINY)
+    images = _uint8_images()
+    from_classifier = fm.analyze(model, images)
+    from_viz = fm.analyze(fm.visualization_model(model), images)
+    np.testing.assert_allclose(from_classifier.maps["stage 1 gates"].values, from_viz.maps["stage 1 gates"].values,
+                               atol=1e-5)
+    with pytest.raises(TypeError):
+        fm.analyze(model, images, stage=0)
 
 
 def test_visualization_model_needs_a_focalnet():
     inputs = keras.Input((4,))
-    with pytest.raises(ValueError, match="no FocalNetBlock layers"):
+    with pytest.raises(ValueError, match=r"no FocalNetBlock layer: pass a model made by focal_modulation.build_model"):
         fm.visualization_model(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
 
 
@@ -342,32 +396,55 @@ def _export_timm_layout(model):
     return state
 
 
+def _weights(model):
+    return [_numpy(weight).copy() for weight in model.weights]
+
+
 def test_timm_converter_round_trip():
-    config = dict(TINY, include_preprocessing=False, use_post_norm=True, layerscale_value=1e-3)
-    source, target = fm.build_focalnet(**config), fm.build_focalnet(**config)
+    config = dict(TINY, include_preprocessing=False, use_post_norm=True, layer_scale_init=1e-3)
+    source, target = fm.build_model(**config), fm.build_model(**config)
     state = _export_timm_layout(source)
     assert "layers.1.blocks.1.modulation.focal_layers.0.0.weight" in state and "stem.proj.weight" in state
+    assert "layers.1.downsample.proj.weight" in state and "layers.0.blocks.0.ls2.gamma" in state
     assert state["layers.0.blocks.0.modulation.f.weight"].shape == (8 + 8 + 3, 8, 1, 1)
     x = random_inputs((2, 32, 32, 3))
     assert not np.allclose(_numpy(source(x)), _numpy(target(x)), atol=1e-4)
-    fm.load_timm_weights(target, state)
+    assert fm.load_timm_weights(target, state) is target
     np.testing.assert_allclose(_numpy(target(x)), _numpy(source(x)), atol=1e-5)
 
 
-def test_timm_converter_reports_problems():
-    model = fm.build_focalnet(**TINY, include_preprocessing=False)
+def _cover_all_but_the_head_bias(state, monkeypatch):
+    """A key map that forgets a weight, which would then silently keep its random value."""
+    full_plan = fm._timm_plan
+    monkeypatch.setattr(fm, "_timm_plan", lambda m: [entry for entry in full_plan(m) if entry[0] != "head.fc.bias"])
+    del state["head.fc.bias"]
+
+
+@pytest.mark.parametrize(
+    "spoil, expected",
+    [
+        (lambda state, _: state.pop("norm.weight"), "missing in the state_dict (1): norm.weight"),
+        (lambda state, _: state.update({"layers.0.blocks.0.ls1.gamma": np.ones(8, "float32")}),
+         "not used by the Keras model (1): layers.0.blocks.0.ls1.gamma"),
+        (lambda state, _: state.update({"head.fc.weight": np.zeros((7, 16), "float32")}),
+         "shape mismatches (timm -> converted vs Keras) (1): head.fc.weight (7, 16) -> (16, 7) vs (16, 10)"),
+        (_cover_all_but_the_head_bias, "model weights the key map does not cover (1): head/bias"),
+    ],
+    ids=["missing", "unused", "mis-shaped", "uncovered"],
+)
+def test_timm_converter_rejects_every_problem_and_leaves_the_model_untouched(spoil, expected, monkeypatch):
+    model = fm.build_model(**TINY, include_preprocessing=False)
     state = _export_timm_layout(model)
-    broken = dict(state)
-    del broken["norm.weight"]
-    broken["layers.0.blocks.0.ls1.gamma"] = np.ones(8, "float32")
-    broken["head.fc.weight"] = np.zeros((7, 16), "float32")
+    state["stem.norm.bias"] = state["stem.norm.bias"] + 1.0  # would change the model if assigned
+    spoil(state, monkeypatch)
+    before = _weights(model)
     with pytest.raises(ValueError) as error:
-        fm.load_timm_weights(model, broken)
+        fm.load_timm_weights(model, state)
     message = str(error.value)
-    assert "missing in the state_dict (1): norm.weight" in message
-    assert "not used by the Keras model (1): layers.0.blocks.0.ls1.gamma" in message
-    assert "head.fc.weight (7, 16) -> (16, 7) vs (16, 10)" in message
-    assert "layerscale_value" in message  # says how to fix it
+    assert expected in message and "layer_scale_init (timm's layerscale_value)" in message  # says how to fix it
+    assert message.count("(1):") == 1, message  # and no other problem
+    for old, new in zip(before, _weights(model)):
+        np.testing.assert_array_equal(new, old)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -377,7 +454,7 @@ def test_timm_converter_reports_problems():
 def test_profile_model_trains_one_step(name):
     profile = fm.PROFILES[name]
     assert profile.name == name
-    model = fm.build_focalnet(**profile.model)
+    model = fm.build_model(**profile.model)
     loss = train_one_step(model, batch_size=2)
     assert loss > 0
 
@@ -387,7 +464,7 @@ def test_full_profile_is_the_reference_configuration():
     assert profile.epochs == 25 and profile.weight_decay == 1e-4
     assert profile.learning_rate * 1024 / profile.batch_size == pytest.approx(1e-4)
     assert profile.warmup_epochs == pytest.approx(0.15 * profile.epochs)
-    model = fm.build_focalnet(**profile.model)
+    model = fm.build_model(**profile.model)
     assert model.get_layer("stem").output.shape == (None, 12, 12, 256)  # 48 px crops, patch 4
     assert model.get_layer("stage2_downsample").output.shape == (None, 3, 3, 1024)
     assert sum(1 for layer in model.layers if isinstance(layer, FocalNetBlock)) == 7

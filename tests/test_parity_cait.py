@@ -78,7 +78,7 @@ def test_small_cifar_sized_cait_logits_match_timm():
              depth_token_only=2, init_values=1e-5),
         seed=1,
     )
-    ours = cait.build_cait(
+    ours = cait.build_model(
         image_size=32, patch_size=4, embed_dim=64, depth=3, num_heads=4, class_attention_depth=2,
         num_classes=10, include_preprocessing=False,
     )
@@ -87,8 +87,8 @@ def test_small_cifar_sized_cait_logits_match_timm():
 
 def test_converter_names_missing_unused_and_misshaped_keys():
     timm_model = Cait(img_size=32, patch_size=4, num_classes=10, embed_dim=32, depth=2, num_heads=4)
-    ours = cait.build_cait(image_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=4,
-                           include_preprocessing=False)
+    ours = cait.build_model(image_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=4,
+                            include_preprocessing=False)
     state = dict(timm_model.state_dict())
     state.pop("blocks.1.attn.proj_l.weight")
     state["head.weight"] = torch.zeros(7, 32)
@@ -96,14 +96,15 @@ def test_converter_names_missing_unused_and_misshaped_keys():
     with pytest.raises(ValueError) as error:
         cait.load_timm_weights(ours, state)
     message = str(error.value)
-    assert "missing keys" in message and "blocks.1.attn.proj_l.weight" in message
-    assert "unused keys" in message and "blocks.2.gamma_1" in message
-    assert "mis-shaped" in message and "head.weight: expected (10, 32), got (7, 32)" in message
+    assert "missing in the state_dict (1): blocks.1.attn.proj_l.weight" in message
+    assert "not used by the Keras model (1): blocks.2.gamma_1" in message
+    assert "shape mismatches (timm -> converted vs Keras) (1): head.weight (7, 32) -> (32, 7) vs (32, 10)" in message
 
 
 def test_model_without_layer_scale_rejects_timm_gammas():
     timm_model = Cait(img_size=32, patch_size=4, num_classes=10, embed_dim=32, depth=1, num_heads=4)
-    ours = cait.build_cait(image_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=4,
-                           use_layer_scale=False, include_preprocessing=False)
-    with pytest.raises(ValueError, match=r"unused keys.*blocks\.0\.gamma_1"):
+    ours = cait.build_model(image_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=4,
+                            use_layer_scale=False, include_preprocessing=False)
+    # One self-attention and two class-attention blocks, two gammas each: six keys the model cannot take.
+    with pytest.raises(ValueError, match=r"not used by the Keras model \(6\): blocks\.0\.gamma_1"):
         cait.load_timm_weights(ours, timm_model.state_dict())

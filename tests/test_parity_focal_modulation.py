@@ -24,7 +24,7 @@ from timm.models.focalnet import FocalNet  # noqa: E402
 from course_utils.models import focal_modulation as fm  # noqa: E402
 
 # Small timm configurations covering every option the converter must handle. Each entry: timm kwargs,
-# the matching build_focalnet kwargs, and the input side.
+# the matching build_model kwargs, and the input side.
 VARIANTS = {
     "default": (
         dict(embed_dim=16, depths=(1, 2, 1), focal_levels=(2, 3, 1), focal_windows=(3, 3, 5)),
@@ -48,7 +48,7 @@ VARIANTS = {
             focal_windows=(3, 5),
             use_post_norm=True,
             normalize_modulator=True,
-            layerscale_value=1e-4,
+            layer_scale_init=1e-4,
         ),
         32,
     ),
@@ -73,7 +73,7 @@ VARIANTS = {
             use_overlap_down=True,
             use_post_norm=True,
             use_post_norm_in_modulation=True,
-            layerscale_value=1e-4,
+            layer_scale_init=1e-4,
         ),
         60,
     ),
@@ -121,7 +121,7 @@ def test_logits_match_timm(variant):
     timm_kwargs, keras_kwargs, image_size = VARIANTS[variant]
     torch.manual_seed(0)
     timm_model = _randomise(FocalNet(num_classes=10, drop_path_rate=0.0, **timm_kwargs))
-    keras_model = fm.build_focalnet(
+    keras_model = fm.build_model(
         num_classes=10, include_preprocessing=False, image_size=image_size, dropout_rate=0.0, **keras_kwargs
     )
     assert keras_model.count_params() == sum(p.numel() for p in timm_model.parameters())
@@ -132,7 +132,7 @@ def test_logits_match_timm(variant):
 def test_named_configuration_focalnet_tiny_srf():
     torch.manual_seed(0)
     timm_model = _randomise(timm.create_model("focalnet_tiny_srf", pretrained=False), seed=1)
-    keras_model = fm.build_focalnet(
+    keras_model = fm.build_model(
         num_classes=1000,
         include_preprocessing=False,
         image_size=64,
@@ -151,7 +151,7 @@ def test_named_configuration_focalnet_tiny_srf():
 def test_converter_reports_a_mismatched_configuration():
     timm_model = FocalNet(num_classes=10, embed_dim=16, depths=(1, 1), focal_levels=(2, 2), focal_windows=(3, 3))
     # One focal level fewer in stage 1 and a wider stage 0: keys go unused and shapes differ.
-    keras_model = fm.build_focalnet(
+    keras_model = fm.build_model(
         num_classes=10, include_preprocessing=False, image_size=32, embed_dim=24, depths=(1, 1), focal_levels=(2, 1)
     )
     before = [keras.ops.convert_to_numpy(w).copy() for w in keras_model.weights]

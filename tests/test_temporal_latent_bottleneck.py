@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+from course_utils.analysis import Analysis, MapSet
 from course_utils.models import temporal_latent_bottleneck as tlb
+from course_utils.models.blocks import TransformerBlock
 from course_utils.models.temporal_latent_bottleneck import (
     AttentionBlock,
     ChunkedPatchEmbedding,
@@ -19,10 +21,10 @@ from helpers import check_layer, check_model_round_trip, random_inputs, train_on
 # A tiny model: 16 px images, 4 px patches -> a 4x4 grid of 16 tokens -> 4 chunks of 4 tokens.
 # num_latents (3) differs from chunk_size (4) so that shapes tell the two streams apart.
 TINY = dict(
-    image_size=16, resize_to=18, patch_size=4, embed_dim=8, chunk_size=4, num_latents=3, num_layers=3, r=2,
+    image_size=16, resize_to=18, patch_size=4, embed_dim=8, chunk_size=4, num_latents=3, depth=3, r=2,
     num_heads=2, mlp_ratio=2,
 )
-TINY_BLOCKS = dict(num_layers=3, r=2, num_heads=2, mlp_ratio=2)
+TINY_BLOCKS = dict(depth=3, r=2, num_heads=2, mlp_ratio=2)
 
 
 def uint8_images(batch=2, size=32, seed=0):
@@ -58,12 +60,12 @@ def test_chunk_size_must_divide_the_number_of_patches():
     with pytest.raises(ValueError, match=r"chunk_size=3 does not divide the number of patches, 16 \(a 4x4"):
         layer(random_inputs((1, 16, 16, 3)))
     with pytest.raises(ValueError, match=r"chunk_size=5 does not divide the number of patches, 64"):
-        tlb.build_tlb(image_size=32, patch_size=4, chunk_size=5)
+        tlb.build_model(image_size=32, patch_size=4, chunk_size=5)
 
 
 def test_patch_size_must_divide_the_image():
     with pytest.raises(ValueError, match=r"`image_size`=32 is not divisible by `patch_size`=5"):
-        tlb.build_tlb(image_size=32, patch_size=5)
+        tlb.build_model(image_size=32, patch_size=5)
     with pytest.raises(ValueError, match=r"patch_size=5 does not divide the image height \(16\)"):
         ChunkedPatchEmbedding(patch_size=5, embed_dim=8, chunk_size=1)(random_inputs((1, 16, 16, 3)))
 
@@ -146,13 +148,13 @@ def test_cell_sizes_config_and_blocks():
 
 
 def test_cell_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"`embed_dim`=8 is not divisible by `num_heads`=3"):
-        TLBCell(embed_dim=8, chunk_size=4, num_latents=3, num_layers=2, r=1, num_heads=3)
+    with pytest.raises(ValueError, match=r"num_heads=3 does not divide the token width \(8 channels\)"):
+        TLBCell(embed_dim=8, chunk_size=4, num_latents=3, depth=2, r=1, num_heads=3)
     with pytest.raises(ValueError, match=r"`r` must be a positive integer"):
-        TLBCell(embed_dim=8, chunk_size=4, num_latents=3, num_layers=2, r=0)
+        TLBCell(embed_dim=8, chunk_size=4, num_latents=3, depth=2, r=0)
     with pytest.raises(ValueError, match=r"`num_latents` must be a positive integer"):
-        TemporalLatentBottleneck(num_latents=0, num_layers=2, r=1)
-    cell = TLBCell(embed_dim=8, chunk_size=4, num_latents=3, num_layers=2, r=1)
+        TemporalLatentBottleneck(num_latents=0, depth=2, r=1)
+    cell = TLBCell(embed_dim=8, chunk_size=4, num_latents=3, depth=2, r=1)
     with pytest.raises(ValueError, match=r"configured for chunks of shape \(batch, 4, 8\) but received"):
         cell.build((None, 5, 8))
 
@@ -170,10 +172,10 @@ def record_block_calls(cell):
     return trace
 
 
-@pytest.mark.parametrize("num_layers, r", [(3, 2), (4, 2), (4, 1), (2, 3)])
-def test_every_perceptual_layer_is_used_once_per_chunk_in_the_papers_order(num_layers, r):
+@pytest.mark.parametrize("depth, r", [(3, 2), (4, 2), (4, 1), (2, 3)])
+def test_every_perceptual_layer_is_used_once_per_chunk_in_the_papers_order(depth, r):
     batch, chunk_size, num_latents, dim = 2, 4, 3, 8
-    cell = make_cell(num_layers=num_layers, r=r, num_heads=1)
+    cell = make_cell(depth=depth, r=r, num_heads=1)
     trace = record_block_calls(cell)
     chunk_shape, slow_shape = (batch, chunk_size, dim), (batch, num_latents, dim)
     state = keras.ops.convert_to_tensor(random_inputs((batch, num_latents * dim), seed=1))
@@ -182,7 +184,7 @@ def test_every_perceptual_layer_is_used_once_per_chunk_in_the_papers_order(num_l
         cell(random_inputs(chunk_shape, seed=10 + k), [state])
         # The paper's order, written out independently of the cell's code.
         expected = []
-        for i in range(num_layers):
+        for i in range(depth):
             expected.append((f"perceptual_self_attention_{i}", chunk_shape, None))
             if i % r == 0:
                 expected.append((f"perceptual_cross_attention_{i // r}", chunk_shape, slow_shape))
@@ -191,7 +193,7 @@ def test_every_perceptual_layer_is_used_once_per_chunk_in_the_papers_order(num_l
         # Each block object exactly once: no object called twice, none left out.
         counts = collections.Counter(id(block) for block, _, _ in trace)
         assert set(counts.values()) == {1}
-        assert len(counts) == num_layers + math.ceil(num_layers / r) + 1
+        assert len(counts) == depth + math.ceil(depth / r) + 1
     # And there are no other attention blocks with weights in the cell.
     block_names = {w.path.split("/")[1] for w in cell.weights}
     assert block_names == {b.name for b, _, _ in trace}
@@ -237,8 +239,8 @@ def test_recurrence_equals_running_the_chunks_by_hand():
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
-def test_build_tlb_tiny_and_round_trip(tmp_path):
-    model = tlb.build_tlb(**TINY)
+def test_build_model_tiny_and_round_trip(tmp_path):
+    model = tlb.build_model(**TINY)
     assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 32, 3)
     images = uint8_images()
     logits = to_numpy(model(images, training=False))
@@ -246,22 +248,44 @@ def test_build_tlb_tiny_and_round_trip(tmp_path):
     assert not np.allclose(logits.sum(axis=-1), 1.0), "the model must output logits, not probabilities"
     check_model_round_trip(model, images, tmp_path)
 
-    bare = tlb.build_tlb(**{**TINY, "include_preprocessing": False})
+    bare = tlb.build_model(**{**TINY, "include_preprocessing": False})
     assert tuple(bare.input.shape) == (None, 16, 16, 3)
     assert to_numpy(bare(random_inputs((2, 16, 16, 3)))).shape == (2, 10)
 
 
-def test_build_tlb_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"`embed_dim`=10 is not divisible by `num_heads`=4"):
-        tlb.build_tlb(**{**TINY, "embed_dim": 10, "num_heads": 4})
+def test_build_model_takes_other_input_sizes():
+    model = tlb.build_model(**TINY, input_size=48)
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 48, 48, 3)
+    assert to_numpy(model(uint8_images(size=48), training=False)).shape == (2, 10)
+    # The network behind the stem is the same: same weights, whatever the input size.
+    assert model.count_params() == tlb.build_model(**TINY).count_params()
+
+
+def test_build_model_passes_depth_to_the_bottleneck():
+    bottleneck = tlb.build_model(**TINY).get_layer("temporal_latent_bottleneck")
+    assert bottleneck.depth == TINY["depth"] and bottleneck.cell.depth == TINY["depth"]
+    assert len(bottleneck.cell.self_attention) == TINY["depth"]
+
+
+def test_build_model_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"num_heads=4 does not divide the token width \(10 channels\)"):
+        tlb.build_model(**{**TINY, "embed_dim": 10, "num_heads": 4})
     with pytest.raises(ValueError, match=r"`num_classes` must be a positive integer"):
-        tlb.build_tlb(**{**TINY, "num_classes": 0})
+        tlb.build_model(**{**TINY, "num_classes": 0})
+    with pytest.raises(ValueError, match=r"`depth` must be a positive integer"):
+        tlb.build_model(**{**TINY, "depth": 0})
+    with pytest.raises(ValueError, match=r"`input_size` must be a positive integer"):
+        tlb.build_model(**{**TINY, "input_size": 0})
     with pytest.raises(ValueError, match=r"resize_to=12 is smaller than image_size=16"):
-        tlb.build_tlb(**{**TINY, "resize_to": 12})
+        tlb.build_model(**{**TINY, "resize_to": 12})
+    with pytest.raises(TypeError):
+        tlb.build_model(**TINY, num_layers=3)  # the old name of depth
+    with pytest.raises(TypeError):
+        tlb.build_model(16)  # keyword arguments only
 
 
 def test_visualization_model_and_analyze():
-    model = tlb.build_tlb(**TINY)
+    model = tlb.build_model(**TINY)
     viz = tlb.visualization_model(model)
     assert len(viz.weights) == len(model.weights), "the visualization model must share the weights"
     images = uint8_images(batch=3)
@@ -272,10 +296,17 @@ def test_visualization_model_and_analyze():
     assert scores.shape == (3, 4, 2, 3, 4)  # (batch, chunks, heads, latents, chunk tokens)
     np.testing.assert_allclose(scores.sum(axis=-1), 1.0, atol=1e-5)
 
-    probabilities, maps = tlb.analyze(viz, images)
+    result = tlb.analyze(viz, images, batch_size=2)
+    assert isinstance(result, Analysis)
+    probabilities, maps = result
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
-    per_chunk = maps["slow-stream attention, chunk by chunk"]
+    assert list(maps) == ["slow-stream attention, chunk by chunk", "slow-stream attention, all chunks"]
+    assert all(isinstance(value, MapSet) and not value.signed and value.description for value in maps.values())
+    chunk_by_chunk, all_chunks = maps.values()
+    assert chunk_by_chunk.items == ("chunk 1", "chunk 2", "chunk 3", "chunk 4")
+    assert all_chunks.items == ("all chunks",)
+    per_chunk = chunk_by_chunk.values
     assert per_chunk.shape == (3, 4, 4, 4)
     np.testing.assert_allclose(per_chunk.sum(axis=(2, 3)), 1.0, atol=1e-5)
     # With a 4x4 grid and chunks of 4 tokens, chunk k is row k of the grid.
@@ -283,38 +314,58 @@ def test_visualization_model_and_analyze():
         outside = np.delete(per_chunk[:, k], k, axis=1)
         assert np.all(outside == 0)
         np.testing.assert_allclose(per_chunk[:, k, k], scores[:, k].mean(axis=(1, 2)), atol=1e-6)
-    np.testing.assert_allclose(maps["slow-stream attention, all chunks"][:, 0], per_chunk.sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(all_chunks.values[:, 0], per_chunk.sum(axis=1), atol=1e-6)
+    # The classifier itself is accepted too.
+    np.testing.assert_allclose(tlb.analyze(model, images).probabilities, probabilities, atol=1e-6)
 
-    with pytest.raises(ValueError, match="ViT baseline has no slow stream"):
-        tlb.visualization_model(tlb.build_vit_baseline(**tlb.baseline_kwargs(TINY)))
+    with pytest.raises(ValueError, match="has no TemporalLatentBottleneck layer"):
+        tlb.visualization_model(tlb.build_baseline(**TINY))
 
 
-def test_analyze_places_chunks_in_raster_order():
-    class Stub:  # a stand-in for the visualization model: a 6x6 grid of 36 tokens in 4 chunks of 9
-        def predict(self, images, batch_size=None, verbose=0):
-            scores = np.zeros((1, 4, 1, 1, 9), dtype="float32")
-            scores[0, :, 0, 0, 0] = 1.0  # every chunk puts all attention on its first token
-            return {"logits": np.zeros((1, 10), "float32"), "slow_stream_attention": scores}
-
-    probabilities, maps = tlb.analyze(Stub(), np.zeros((1, 32, 32, 3), np.uint8))
-    np.testing.assert_allclose(probabilities, 0.1, atol=1e-6)
-    final = maps["slow-stream attention, all chunks"][0, 0]
+def test_chunk_maps_places_chunks_in_raster_order():
+    # A 6x6 grid of 36 tokens in 4 chunks of 9; every chunk puts all its attention on its first token.
+    scores = np.zeros((1, 4, 1, 1, 9), dtype="float32")
+    scores[0, :, 0, 0, 0] = 1.0
+    per_chunk = tlb.chunk_maps(scores)
+    assert per_chunk.shape == (1, 4, 6, 6)
     expected = np.zeros(36)
     expected[[0, 9, 18, 27]] = 1.0  # tokens 0, 9, 18, 27 in raster order
-    np.testing.assert_array_equal(final, expected.reshape(6, 6))
-    assert maps["slow-stream attention, chunk by chunk"][0, 2, 3, 0] == 1.0  # token 18 = row 3, column 0
+    np.testing.assert_array_equal(per_chunk[0].sum(axis=0), expected.reshape(6, 6))
+    assert per_chunk[0, 2, 3, 0] == 1.0  # token 18 = row 3, column 0
+    with pytest.raises(ValueError, match="Cannot lay 10 patches"):
+        tlb.chunk_maps(np.zeros((1, 2, 1, 1, 5)))
 
 
-def test_vit_baseline_has_the_same_width_and_depth(tmp_path):
-    vit = tlb.build_vit_baseline(**tlb.baseline_kwargs(TINY))
-    blocks = [layer for layer in vit.layers if isinstance(layer, AttentionBlock)]
-    assert len(blocks) == TINY["num_layers"]
-    assert all(not b.cross_attention for b in blocks)
-    assert blocks[0].weights[0].shape[-1] == TINY["embed_dim"]
+def test_chunk_maps_average_over_heads_and_latents():
+    scores = np.zeros((1, 1, 2, 2, 4), dtype="float32")
+    scores[0, 0, 0, 0, 0] = scores[0, 0, 1, 1, 3] = 1.0  # two (head, latent) pairs on tokens 0 and 3
+    scores[0, 0, 0, 1, 1] = scores[0, 0, 1, 0, 1] = 1.0  # the other two on token 1
+    np.testing.assert_allclose(tlb.chunk_maps(scores)[0, 0], [[0.25, 0.5], [0.0, 0.25]])
+
+
+def test_baseline_is_the_course_vit_with_the_same_width_depth_and_heads(tmp_path):
+    baseline = tlb.build_baseline(**TINY)
+    assert baseline.name == "vit"
+    blocks = [layer for layer in baseline.layers if isinstance(layer, TransformerBlock)]
+    assert len(blocks) == TINY["depth"]
+    assert {(b.num_heads, b.mlp_ratio) for b in blocks} == {(TINY["num_heads"], TINY["mlp_ratio"])}
+    assert blocks[0].input.shape[1:] == (16, TINY["embed_dim"])  # all 16 patch tokens at once, no chunks
+    assert not any(isinstance(layer, TemporalLatentBottleneck) for layer in baseline.layers)
     images = uint8_images()
-    assert to_numpy(vit(images)).shape == (2, 10)
-    check_model_round_trip(vit, images, tmp_path)
-    assert "chunk_size" not in tlb.baseline_kwargs(TINY) and "r" not in tlb.baseline_kwargs(TINY)
+    assert to_numpy(baseline(images)).shape == (2, 10)
+    check_model_round_trip(baseline, images, tmp_path)
+
+
+def test_baseline_takes_the_tlb_defaults_for_arguments_not_given():
+    # mlp_ratio and num_heads are not in the smoke profile: the ViT takes the TLB's 4 and 1, not its own.
+    smoke = tlb.PROFILES["smoke"].model
+    assert "mlp_ratio" not in smoke
+    block = tlb.build_baseline(**smoke).get_layer("block_0")
+    assert (block.mlp_ratio, block.num_heads) == (4, smoke["num_heads"])
+    assert tlb.build_baseline(**smoke, input_size=40).input_shape == (None, 40, 40, 3)
+    assert tlb.build_baseline(name="plain").name == "plain"
+    with pytest.raises(TypeError):
+        tlb.build_baseline(num_tokens=4)  # not an argument of either model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,6 +375,6 @@ def test_vit_baseline_has_the_same_width_and_depth(tmp_path):
 def test_profile_builds_and_trains_one_step(name):
     profile = tlb.PROFILES[name]
     assert profile.name == name and profile.note
-    model = tlb.build_tlb(**profile.model)
+    model = tlb.build_model(**profile.model)
     loss = train_one_step(model, batch_size=2)
     assert loss > 0

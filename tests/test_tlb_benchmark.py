@@ -39,11 +39,12 @@ def test_training_products_cover_every_dense_layer_of_the_cell_three_times():
     """Forward, input gradient and weight gradient for each kernel; six attention products per block."""
     script = load_script()
     config = dict(script.tlb.PROFILES["full"].model, include_preprocessing=False)
-    cell = script.tlb.bottleneck_layer(script.tlb.build_tlb(**config)).cell
+    cell = script.find_layer(script.tlb.build_model(**config), script.tlb.TemporalLatentBottleneck,
+                             script.tlb.BUILDER).cell
     batch = 3
     products = script.training_products(cell, batch)
     kernels = [weight for weight in cell.trainable_weights if weight.path.endswith("kernel")]
-    blocks = cell.num_layers + cell.num_cross_attention + 1
+    blocks = cell.depth + cell.num_cross_attention + 1
     dense = [(left, right) for left, right in products if len(left) == 2]
     attention = [(left, right) for left, right in products if len(left) == 4]
     assert len(kernels) == 6 * blocks

@@ -14,14 +14,14 @@ The patch stage uses *talking-heads* attention (Shazeer et al., 2020): the heads
 mixed by a learned ``heads x heads`` matrix before the softmax, and the weights again after it.
 
 Everything here follows timm's ``Cait`` closely enough that :func:`load_timm_weights` can copy a timm
-``state_dict`` into a model from :func:`build_cait`; :func:`cait_xxs24_224` has exactly timm's
+``state_dict`` into a model from :func:`build_model`; :func:`cait_xxs24_224` has exactly timm's
 ``cait_xxs24_224`` parameter count.
 
-Typical use in a notebook::
+The module follows the course's model-module protocol (CONTRIBUTING.md)::
 
-    model = build_cait(**profile.model)
-    viz = visualization_model(model)
-    probabilities, maps = analyze(viz, images)   # maps: {"class-attention block 1": (B, heads, h, w), ...}
+    model = build_model(**profile.model)
+    viz_model = visualization_model(model)
+    probabilities, maps = analyze(viz_model, images)   # maps: {"class attention, block 1": MapSet, ...}
 """
 
 import math
@@ -30,54 +30,30 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from course_utils.augment import preprocessing
-from course_utils.models.blocks import (
-    MLP,
-    LayerScale,
-    PatchEmbedding,
-    PositionEmbedding,
-    StochasticDepth,
-    merge_heads,
-    split_heads,
-)
+from course_utils.analysis import MapSet, numbered
+from course_utils.models import timm_weights
+from course_utils.models.blocks import MLP, LayerScale, StochasticDepth, merge_heads, split_heads
+from course_utils.models.common import analysis, find_layers, image_input, predict_outputs, with_outputs
+from course_utils.models.vit import check_vit_arguments, patch_tokens
+from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
-    require_divisible,
+    require_heads_divide,
     require_positive_int,
     require_positive_number,
     require_rate,
+    require_token_shape,
 )
-from course_utils.profiles import Profile
 
-NORM_EPSILON = 1e-6  # timm's CaiT uses LayerNorm(eps=1e-6) everywhere
+LAYER_NORM_EPSILON = 1e-6  # timm's CaiT uses LayerNorm(eps=1e-6) everywhere
 # timm initialises every Linear weight of CaiT from a truncated normal with standard deviation 0.02 (biases
 # zero). We do the same: with Keras's default Glorot initialisation the residual branches start much larger;
 # in our CIFAR runs even a 4-block model without LayerScale then stayed at chance, which would turn the
 # LayerScale experiment into an experiment about initialisation.
 INIT_STDDEV = 0.02
 VIZ_PREFIX = "class_attention_block_"
-
-
-# --------------------------------------------------------------------------------------------
-# Argument checks shared by the layers below
-# --------------------------------------------------------------------------------------------
-def _require_token_shape(layer, input_shape, minimum_tokens=1):
-    """Check a ``(batch, tokens, channels)`` shape with known channels."""
-    if len(input_shape) != 3 or input_shape[-1] is None:
-        raise ValueError(
-            f"{layer.__class__.__name__} expects tokens shaped (batch, tokens, channels) with a known number "
-            f"of channels, got shape {tuple(input_shape)}. Flatten image grids into tokens first."
-        )
-    tokens = input_shape[1]
-    if tokens is not None and tokens < minimum_tokens:
-        raise ValueError(
-            f"{layer.__class__.__name__} needs at least {minimum_tokens} tokens (the class token first, then "
-            f"the patches), got {tokens}. Prepend the class token with ClassToken."
-        )
-
-
-def _require_heads_divide(channels, num_heads):
-    require_divisible("channels", channels, "num_heads", num_heads)
+BUILDER = "cait.build_model()"
+CLASS_TOKEN_HINT = "The input is [class token; patches]: prepend the class token with ClassToken."
 
 
 def _dense(units, name, use_bias=True):
@@ -108,6 +84,11 @@ class TalkingHeadAttention(layers.Layer):
     Shapes: ``(batch, tokens, channels)`` -> ``((batch, tokens, channels), (batch, heads, tokens, tokens))``;
     the second output holds the attention weights after the post-softmax mixing (what multiplies the
     values). Note that the mixing can make these weights negative and rows need not sum to one.
+
+    Example:
+    >>> outputs, weights = TalkingHeadAttention(num_heads=2)(keras.ops.ones((2, 5, 8)))
+    >>> tuple(outputs.shape), tuple(weights.shape)
+    ((2, 5, 8), (2, 2, 5, 5))
     """
 
     def __init__(self, num_heads, qkv_bias=True, attention_dropout=0.0, projection_dropout=0.0, **kwargs):
@@ -118,9 +99,9 @@ class TalkingHeadAttention(layers.Layer):
         self.projection_dropout = require_rate("projection_dropout", projection_dropout)
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape)
+        require_token_shape(self.__class__.__name__, input_shape)
         channels = input_shape[-1]
-        _require_heads_divide(channels, self.num_heads)
+        require_heads_divide(channels, self.num_heads)
         heads_shape = (None, None, None, self.num_heads)
         self.qkv = _dense(3 * channels, "qkv", use_bias=self.qkv_bias)
         self.qkv.build(input_shape)
@@ -186,6 +167,11 @@ class ClassAttention(layers.Layer):
     Shapes: ``(batch, 1 + tokens, channels)`` -> ``((batch, 1, channels), (batch, heads, 1 + tokens))``;
     the second output is, per head, the softmax weights the class token gives to itself (index 0) and to
     each patch (indices 1..tokens); they sum to one.
+
+    Example:
+    >>> outputs, weights = ClassAttention(num_heads=2)(keras.ops.ones((2, 1 + 4, 8)))
+    >>> tuple(outputs.shape), tuple(weights.shape)
+    ((2, 1, 8), (2, 2, 5))
     """
 
     def __init__(self, num_heads, qkv_bias=True, attention_dropout=0.0, projection_dropout=0.0, **kwargs):
@@ -196,9 +182,9 @@ class ClassAttention(layers.Layer):
         self.projection_dropout = require_rate("projection_dropout", projection_dropout)
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape, minimum_tokens=2)
+        require_token_shape(self.__class__.__name__, input_shape, minimum_tokens=2, hint=CLASS_TOKEN_HINT)
         channels = input_shape[-1]
-        _require_heads_divide(channels, self.num_heads)
+        require_heads_divide(channels, self.num_heads)
         self.query = _dense(channels, "query", use_bias=self.qkv_bias)
         self.key = _dense(channels, "key", use_bias=self.qkv_bias)
         self.value = _dense(channels, "value", use_bias=self.qkv_bias)
@@ -252,7 +238,7 @@ class _ResidualBlock(layers.Layer):
         dropout_rate=0.0,
         attention_dropout=0.0,
         drop_path_rate=0.0,
-        norm_epsilon=NORM_EPSILON,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -264,15 +250,15 @@ class _ResidualBlock(layers.Layer):
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.attention_dropout = require_rate("attention_dropout", attention_dropout)
         self.drop_path_rate = require_rate("drop_path_rate", drop_path_rate)
-        self.norm_epsilon = require_positive_number("norm_epsilon", norm_epsilon)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-6")
 
     def _build_branches(self, attention, attention_input_shape, mlp_input_shape):
         channels = attention_input_shape[-1]
-        self.norm_1 = layers.LayerNormalization(epsilon=self.norm_epsilon, name="norm_1")
+        self.norm_1 = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm_1")
         self.norm_1.build(attention_input_shape)
         self.attention = attention
         self.attention.build(attention_input_shape)
-        self.norm_2 = layers.LayerNormalization(epsilon=self.norm_epsilon, name="norm_2")
+        self.norm_2 = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm_2")
         self.norm_2.build(mlp_input_shape)
         self.mlp = MLP(int(channels * self.mlp_ratio), dropout_rate=self.dropout_rate, name="mlp")
         self.mlp.build(mlp_input_shape)
@@ -282,9 +268,9 @@ class _ResidualBlock(layers.Layer):
             dense.kernel.assign(initializer(tuple(dense.kernel.shape), dtype=dense.kernel.dtype))
         self.layer_scale_1 = self.layer_scale_2 = None
         if self.use_layer_scale:
-            self.layer_scale_1 = LayerScale(self.layer_scale_init, name="layer_scale_1")
+            self.layer_scale_1 = LayerScale(layer_scale_init=self.layer_scale_init, name="layer_scale_1")
             self.layer_scale_1.build(mlp_input_shape)
-            self.layer_scale_2 = LayerScale(self.layer_scale_init, name="layer_scale_2")
+            self.layer_scale_2 = LayerScale(layer_scale_init=self.layer_scale_init, name="layer_scale_2")
             self.layer_scale_2.build(mlp_input_shape)
         self.drop_path = StochasticDepth(self.drop_path_rate, name="drop_path")
 
@@ -307,7 +293,7 @@ class _ResidualBlock(layers.Layer):
             dropout_rate=self.dropout_rate,
             attention_dropout=self.attention_dropout,
             drop_path_rate=self.drop_path_rate,
-            norm_epsilon=self.norm_epsilon,
+            layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config
 
@@ -325,19 +311,24 @@ class SelfAttentionBlock(_ResidualBlock):
         qkv_bias: bias in the query/key/value projection.
         use_layer_scale: multiply both branches by learned per-channel gammas.
         layer_scale_init: initial value of every gamma (the paper: 0.1 up to 18 blocks, 1e-5 for 24; see
-            :func:`paper_layer_scale_init`, which :func:`build_cait` applies by default).
+            :func:`paper_layer_scale_init`, which :func:`build_model` applies by default).
         dropout_rate: dropout after the attention projection and in the MLP.
         attention_dropout: dropout on the attention weights.
         drop_path_rate: probability of dropping each residual branch per sample (stochastic depth).
-        norm_epsilon: LayerNormalization epsilon (1e-6 as in timm).
+        layer_norm_epsilon: epsilon of both LayerNorms (1e-6 as in timm).
 
     Shapes: ``(batch, tokens, channels)`` -> ``((batch, tokens, channels), (batch, heads, tokens, tokens))``,
     the second output being the talking-heads attention weights.
+
+    Example:
+    >>> outputs, weights = SelfAttentionBlock(num_heads=2, layer_scale_init=0.1)(keras.ops.ones((2, 5, 8)))
+    >>> tuple(outputs.shape), tuple(weights.shape)
+    ((2, 5, 8), (2, 2, 5, 5))
     """
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape)
-        _require_heads_divide(input_shape[-1], self.num_heads)
+        require_token_shape(self.__class__.__name__, input_shape)
+        require_heads_divide(input_shape[-1], self.num_heads)
         attention = TalkingHeadAttention(
             self.num_heads,
             qkv_bias=self.qkv_bias,
@@ -369,11 +360,16 @@ class ClassAttentionBlock(_ResidualBlock):
     Shapes: ``(batch, 1 + tokens, channels)`` ->
     ``((batch, 1 + tokens, channels), (batch, heads, 1 + tokens))``, the second output being the class
     token's attention weights (index 0: itself, then one per patch).
+
+    Example:
+    >>> outputs, weights = ClassAttentionBlock(num_heads=2)(keras.ops.ones((2, 1 + 4, 8)))
+    >>> tuple(outputs.shape), tuple(weights.shape)
+    ((2, 5, 8), (2, 2, 5))
     """
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape, minimum_tokens=2)
-        _require_heads_divide(input_shape[-1], self.num_heads)
+        require_token_shape(self.__class__.__name__, input_shape, minimum_tokens=2, hint=CLASS_TOKEN_HINT)
+        require_heads_divide(input_shape[-1], self.num_heads)
         attention = ClassAttention(
             self.num_heads,
             qkv_bias=self.qkv_bias,
@@ -405,6 +401,10 @@ class ClassToken(layers.Layer):
         initializer_stddev: standard deviation of the truncated-normal initial token (0.02 as in timm).
 
     Shapes: ``(batch, tokens, channels)`` -> ``(batch, 1 + tokens, channels)``.
+
+    Example:
+    >>> tuple(ClassToken()(keras.ops.ones((2, 4, 8))).shape)
+    (2, 5, 8)
     """
 
     def __init__(self, initializer_stddev=0.02, **kwargs):
@@ -412,7 +412,7 @@ class ClassToken(layers.Layer):
         self.initializer_stddev = require_positive_number("initializer_stddev", initializer_stddev)
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape)
+        require_token_shape(self.__class__.__name__, input_shape)
         self.token = self.add_weight(
             name="token",
             shape=(1, 1, input_shape[-1]),
@@ -438,10 +438,14 @@ class SelectClassToken(layers.Layer):
     """Keep only the class token (the first token), which the classifier head reads.
 
     Shapes: ``(batch, 1 + tokens, channels)`` -> ``(batch, channels)``.
+
+    Example:
+    >>> tuple(SelectClassToken()(keras.ops.ones((2, 5, 8))).shape)
+    (2, 8)
     """
 
     def build(self, input_shape):
-        _require_token_shape(self, input_shape)
+        require_token_shape(self.__class__.__name__, input_shape)
 
     def call(self, x):
         return x[:, 0]
@@ -458,6 +462,10 @@ def paper_layer_scale_init(depth):
 
     0.1 up to 18 blocks, 1e-5 up to 24 blocks, 1e-6 beyond: the deeper the stack, the closer each block
     starts to the identity.
+
+    Example:
+    >>> [paper_layer_scale_init(depth) for depth in (12, 24, 36)]
+    [0.1, 1e-05, 1e-06]
     """
     require_positive_int("depth", depth)
     if depth <= 18:
@@ -465,7 +473,8 @@ def paper_layer_scale_init(depth):
     return 1e-5 if depth <= 24 else 1e-6
 
 
-def build_cait(
+def build_model(
+    *,
     image_size=32,
     patch_size=4,
     embed_dim=128,
@@ -479,17 +488,20 @@ def build_cait(
     dropout_rate=0.0,
     attention_dropout=0.0,
     drop_path_rate=0.0,
+    layer_norm_epsilon=LAYER_NORM_EPSILON,
     num_classes=10,
-    include_preprocessing=True,
     input_size=32,
     resize_to=None,
+    include_preprocessing=True,
     name="cait",
 ):
     """Build a CaiT classifier that returns logits.
 
     ``patches -> + position embedding -> depth x SelfAttentionBlock -> prepend class token ->
     class_attention_depth x ClassAttentionBlock -> LayerNorm(class token) -> Dense(num_classes)``.
-    Every Dense kernel starts from a truncated normal with standard deviation 0.02, as in timm.
+    Every Dense kernel of the blocks and the head starts from a truncated normal with standard deviation
+    0.02, as in timm. The self-attention blocks are named ``self_attention_block_<i>`` and the
+    class-attention blocks ``class_attention_block_<i>``, both counted from 1.
 
     Args:
         image_size: side of the square image the transformer sees; ``patch_size`` must divide it.
@@ -497,7 +509,7 @@ def build_cait(
         embed_dim: token width; ``num_heads`` must divide it.
         depth: number of self-attention (patch) blocks.
         num_heads: attention heads in every block.
-        class_attention_depth: number of class-attention blocks (CaiT uses 2).
+        class_attention_depth: number of class-attention blocks (CaiT uses 2; timm's ``depth_token_only``).
         mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
         qkv_bias: bias in the query/key/value projections (timm: True).
         use_layer_scale: LayerScale on every residual branch; ``False`` gives the plain pre-norm blocks
@@ -508,30 +520,26 @@ def build_cait(
         attention_dropout: dropout on attention weights.
         drop_path_rate: stochastic-depth rate of every self-attention block (the same for all, as in
             CaiT; the class-attention blocks use none).
+        layer_norm_epsilon: epsilon of every LayerNorm (1e-6 as in timm).
         num_classes: size of the logits.
-        include_preprocessing: if True the model takes uint8 images ``(batch, input_size, input_size, 3)``
-            and starts with :func:`course_utils.augment.preprocessing`; if False it takes float images
-            ``(batch, image_size, image_size, 3)`` already normalised (as for ported ImageNet weights).
         input_size: side of the uint8 input images (CIFAR: 32); used only with preprocessing.
-        resize_to: passed to :func:`preprocessing` (resize before the crop to ``image_size``).
+        resize_to: resize before the random/centre crop to ``image_size`` (default
+            ``image_size + image_size // 8``).
+        include_preprocessing: if True the model takes uint8 images ``(batch, input_size, input_size, 3)``
+            (see :func:`course_utils.models.common.image_input`); if False it takes float images
+            ``(batch, image_size, image_size, 3)`` as they are (as for ported ImageNet weights).
         name: model name.
 
     Shapes: ``(batch, input_size, input_size, 3)`` uint8 (or float without preprocessing) ->
     ``(batch, num_classes)`` logits.
+
+    Example:
+    >>> model = build_model(image_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+    >>> model.input_shape, model.output_shape
+    ((None, 32, 32, 3), (None, 10))
     """
-    for arg_name, value in (
-        ("image_size", image_size),
-        ("patch_size", patch_size),
-        ("embed_dim", embed_dim),
-        ("depth", depth),
-        ("num_heads", num_heads),
-        ("class_attention_depth", class_attention_depth),
-        ("num_classes", num_classes),
-        ("input_size", input_size),
-    ):
-        require_positive_int(arg_name, value)
-    require_divisible("image_size", image_size, "patch_size", patch_size)
-    require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
+    check_vit_arguments(image_size, patch_size, embed_dim, depth, num_heads, num_classes)
+    require_positive_int("class_attention_depth", class_attention_depth)
     if layer_scale_init is None:
         layer_scale_init = paper_layer_scale_init(depth)
     block_kwargs = dict(
@@ -542,6 +550,7 @@ def build_cait(
         layer_scale_init=layer_scale_init,
         dropout_rate=dropout_rate,
         attention_dropout=attention_dropout,
+        layer_norm_epsilon=layer_norm_epsilon,
     )
     # Construct the blocks first, so that a bad argument fails here and not halfway through the graph.
     patch_blocks = [
@@ -552,22 +561,15 @@ def build_cait(
         ClassAttentionBlock(name=f"{VIZ_PREFIX}{i + 1}", **block_kwargs) for i in range(class_attention_depth)
     ]
 
-    if include_preprocessing:
-        inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="images")
-        x = preprocessing(image_size, resize_to=resize_to)(inputs)
-    else:
-        inputs = keras.Input((image_size, image_size, 3), name="images")
-        x = inputs
-    x = PatchEmbedding(patch_size, embed_dim, name="patch_embedding")(x)
-    x = PositionEmbedding(name="position_embedding")(x)
-    x = layers.Dropout(dropout_rate, name="position_dropout")(x)
+    inputs, images = image_input(image_size, input_size, resize_to, include_preprocessing)
+    x = patch_tokens(images, patch_size, embed_dim, dropout_rate)
     for block in patch_blocks:
         x, _ = block(x)
     x = ClassToken(name="class_token")(x)
     for block in class_blocks:
         x, _ = block(x)
     x = SelectClassToken(name="select_class_token")(x)
-    x = layers.LayerNormalization(epsilon=NORM_EPSILON, name="norm")(x)
+    x = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
     logits = _dense(num_classes, "head")(x)
     return keras.Model(inputs, logits, name=name)
 
@@ -591,34 +593,25 @@ CAIT_XXS24_224 = dict(
 def cait_xxs24_224(**overrides):
     """Build the ImageNet ``cait_xxs24_224`` configuration (11,956,264 parameters, as in timm).
 
-    Keyword arguments override entries of :data:`CAIT_XXS24_224`.
+    Keyword arguments override entries of :data:`CAIT_XXS24_224` (any argument of :func:`build_model`).
     Shapes: ``(batch, 224, 224, 3)`` float -> ``(batch, 1000)`` logits.
     """
-    return build_cait(**{**CAIT_XXS24_224, "name": "cait_xxs24_224", **overrides})
+    return build_model(**{**CAIT_XXS24_224, "name": "cait_xxs24_224", **overrides})
 
 
-def _blocks_of(model, block_type):
-    """The model's blocks of ``block_type`` in order (their names end in their 1-based index)."""
-    blocks = [layer for layer in model.layers if isinstance(layer, block_type)]
-    return sorted(blocks, key=lambda layer: int(layer.name.rsplit("_", 1)[-1]))
-
-
+# --------------------------------------------------------------------------------------------
+# Class attention maps
+# --------------------------------------------------------------------------------------------
 def visualization_model(model):
     """A model on the same weights whose outputs expose the class token's attention.
 
     Returns a ``keras.Model`` with the same input as ``model`` and dict outputs:
-    ``"logits"``: ``(batch, num_classes)`` and, for each class-attention block ``i`` (1-based),
+    ``"logits"``: ``(batch, num_classes)`` and, for each class-attention block ``i`` (counted from 1),
     ``"class_attention_block_i"``: ``(batch, heads, 1 + tokens)`` attention weights of the class token
     (index 0: itself; then the patches in row-major grid order).
     """
-    blocks = _blocks_of(model, ClassAttentionBlock)
-    if not blocks:
-        raise ValueError(f"Model {model.name!r} has no ClassAttentionBlock: build it with build_cait().")
-    outputs = {"logits": model.output}
-    for block in blocks:
-        outputs[block.name] = block.output[1]
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, outputs, name=f"{model.name}_visualization")
+    blocks = find_layers(model, ClassAttentionBlock, BUILDER)
+    return with_outputs(model, {block.name: block.output[1] for block in blocks})
 
 
 def class_attention_maps(scores):
@@ -626,6 +619,10 @@ def class_attention_maps(scores):
 
     The class token's weight on itself (index 0) is dropped; the rest are the weights on the patches, laid
     out as the square patch grid. Shapes: ``(batch, heads, 1 + h * w)`` -> ``(batch, heads, h, w)``.
+
+    Example:
+    >>> class_attention_maps(np.ones((2, 4, 1 + 9))).shape
+    (2, 4, 3, 3)
     """
     scores = np.asarray(scores)
     patches = scores[..., 1:]
@@ -635,65 +632,55 @@ def class_attention_maps(scores):
     return patches.reshape(scores.shape[:-1] + (side, side))
 
 
-def analyze(viz_model, images, batch_size=128):
-    """Predict ``images`` with a :func:`visualization_model` and return what the explorer draws.
+def analyze(model, images, batch_size=128):
+    """Probabilities and the class token's attention maps for ``images``.
 
-    Returns ``(probabilities, maps)``: probabilities ``(batch, num_classes)`` (softmax of the logits) and
-    ``maps = {"class-attention block 1": (batch, heads, h, w), ...}`` with the class token's per-head
-    attention on each patch (without its weight on itself, so a head's map sums to at most one).
+    ``model`` is the classifier from :func:`build_model` or, cheaper when called often, its
+    :func:`visualization_model`; ``images`` are what it takes, predicted ``batch_size`` at a time.
+
+    Returns:
+        :class:`course_utils.analysis.Analysis` ``(probabilities, maps)``: softmax probabilities
+        ``(batch, num_classes)`` and, per class-attention block ``i`` (counted from 1),
+        ``maps["class attention, block i"]``, a :class:`MapSet` ``(batch, heads, h, w)`` with items
+        ``("head 1", ...)``: the class token's attention on each patch, unsigned. Its weight on itself is
+        left out, so a head's map sums to at most one.
     """
-    outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
-    logits = np.asarray(outputs["logits"], dtype=np.float64)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-    names = sorted((key for key in outputs if key.startswith(VIZ_PREFIX)), key=lambda k: int(k[len(VIZ_PREFIX):]))
-    maps = {f"class-attention block {key[len(VIZ_PREFIX):]}": class_attention_maps(outputs[key]) for key in names}
-    return probabilities, maps
+    outputs = predict_outputs(model, visualization_model, images, batch_size)
+    keys = sorted((key for key in outputs if key.startswith(VIZ_PREFIX)), key=lambda key: int(key[len(VIZ_PREFIX):]))
+    maps = {}
+    for key in keys:
+        values = class_attention_maps(outputs[key])
+        maps[f"class attention, block {key[len(VIZ_PREFIX):]}"] = MapSet(
+            values,
+            items=numbered("head", values.shape[1]),
+            signed=False,
+            description="the class token's attention weight on each patch (its weight on itself left out)",
+        )
+    return analysis(outputs, maps)
 
 
 # --------------------------------------------------------------------------------------------
 # timm weights
 # --------------------------------------------------------------------------------------------
-def _linear(weight):
-    return np.transpose(weight)  # torch Linear (out, in) -> Keras Dense (in, out)
+TIMM_HOW_TO_FIX = (
+    "Build the model with the timm model's configuration: depth, class_attention_depth (timm's "
+    "depth_token_only), embed_dim, num_heads, patch_size, image_size, num_classes, qkv_bias, use_layer_scale "
+    "(timm always has LayerScale) and include_preprocessing=False."
+)
 
 
-def _linear_shape(keras_shape):
-    return tuple(reversed(keras_shape))
-
-
-def _conv(weight):
-    return np.transpose(weight, (2, 3, 1, 0))  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out)
-
-
-def _conv_shape(keras_shape):
-    kh, kw, cin, cout = keras_shape
-    return (cout, cin, kh, kw)
-
-
-def _same(weight):
-    return weight
-
-
-def _same_shape(keras_shape):
-    return tuple(keras_shape)
-
-
-_LINEAR, _CONV, _SAME = (_linear, _linear_shape), (_conv, _conv_shape), (_same, _same_shape)
-
-
-def _timm_targets(model):
-    """Map every timm ``Cait`` state_dict key to ``(our variable, (to_keras, timm_shape))``."""
-    targets = {}
+def _timm_plan(model):
+    """The key map: ``(timm key, variable, transform)`` for every weight of a :func:`build_model` model."""
+    plan = []
 
     def dense(prefix, layer):
-        targets[f"{prefix}.weight"] = (layer.kernel, _LINEAR)
+        plan.append((f"{prefix}.weight", layer.kernel, timm_weights.linear))
         if layer.use_bias:
-            targets[f"{prefix}.bias"] = (layer.bias, _SAME)
+            plan.append((f"{prefix}.bias", layer.bias, timm_weights.same))
 
     def norm(prefix, layer):
-        targets[f"{prefix}.weight"] = (layer.gamma, _SAME)
-        targets[f"{prefix}.bias"] = (layer.beta, _SAME)
+        plan.append((f"{prefix}.weight", layer.gamma, timm_weights.same))
+        plan.append((f"{prefix}.bias", layer.beta, timm_weights.same))
 
     def residual_parts(prefix, block):
         norm(f"{prefix}.norm1", block.norm_1)
@@ -702,90 +689,47 @@ def _timm_targets(model):
         dense(f"{prefix}.mlp.fc2", block.mlp.project)
         dense(f"{prefix}.attn.proj", block.attention.projection)
         if block.use_layer_scale:
-            targets[f"{prefix}.gamma_1"] = (block.layer_scale_1.gamma, _SAME)
-            targets[f"{prefix}.gamma_2"] = (block.layer_scale_2.gamma, _SAME)
+            plan.append((f"{prefix}.gamma_1", block.layer_scale_1.gamma, timm_weights.same))
+            plan.append((f"{prefix}.gamma_2", block.layer_scale_2.gamma, timm_weights.same))
 
     try:
         patch = model.get_layer("patch_embedding").projection
-        targets["patch_embed.proj.weight"] = (patch.kernel, _CONV)
-        targets["patch_embed.proj.bias"] = (patch.bias, _SAME)
-        targets["pos_embed"] = (model.get_layer("position_embedding").embedding, _SAME)
-        targets["cls_token"] = (model.get_layer("class_token").token, _SAME)
+        plan.append(("patch_embed.proj.weight", patch.kernel, timm_weights.conv))
+        plan.append(("patch_embed.proj.bias", patch.bias, timm_weights.same))
+        plan.append(("pos_embed", model.get_layer("position_embedding").embedding, timm_weights.same))
+        plan.append(("cls_token", model.get_layer("class_token").token, timm_weights.same))
         norm("norm", model.get_layer("norm"))
         dense("head", model.get_layer("head"))
     except ValueError as error:
-        raise ValueError(f"load_timm_weights needs a model from build_cait(): {error}") from error
-    for i, block in enumerate(_blocks_of(model, SelfAttentionBlock)):
+        raise ValueError(f"load_timm_weights needs a model made by {BUILDER}: {error}") from error
+    for i, block in enumerate(find_layers(model, SelfAttentionBlock, BUILDER)):
         prefix = f"blocks.{i}"
         residual_parts(prefix, block)
         dense(f"{prefix}.attn.qkv", block.attention.qkv)
         dense(f"{prefix}.attn.proj_l", block.attention.pre_softmax_mix)
         dense(f"{prefix}.attn.proj_w", block.attention.post_softmax_mix)
-    for i, block in enumerate(_blocks_of(model, ClassAttentionBlock)):
+    for i, block in enumerate(find_layers(model, ClassAttentionBlock, BUILDER)):
         prefix = f"blocks_token_only.{i}"
         residual_parts(prefix, block)
         dense(f"{prefix}.attn.q", block.attention.query)
         dense(f"{prefix}.attn.k", block.attention.key)
         dense(f"{prefix}.attn.v", block.attention.value)
-    return targets
-
-
-def _to_numpy(value):
-    if hasattr(value, "detach"):  # a torch tensor; torch itself is never imported here
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _short_list(keys, limit=12):
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return plan
 
 
 def load_timm_weights(model, state_dict):
-    """Copy a timm ``Cait`` ``state_dict`` into a model from :func:`build_cait` (in place).
+    """Copy a timm ``Cait`` ``state_dict`` into a model from :func:`build_model` (in place).
 
     ``state_dict`` maps timm names (``blocks.0.attn.qkv.weight``, ...) to torch tensors or numpy arrays.
     Linear weights are transposed to Keras's ``(in, out)`` layout and the patch convolution to
-    ``(kh, kw, in, out)``. Nothing is assigned unless every key fits: a ``ValueError`` names every missing
-    key (the model has a weight timm's dict lacks), unused key (for example LayerScale gammas for a model
-    built with ``use_layer_scale=False``, or a different depth) and mis-shaped key.
+    ``(kh, kw, in, out)`` (:mod:`course_utils.models.timm_weights`). Nothing is assigned unless
+    everything fits: otherwise a ``ValueError`` lists every key missing from the state_dict, every key the
+    model does not use (for example LayerScale gammas for a model built with ``use_layer_scale=False``, or
+    a different depth), every shape mismatch and every model weight the key map does not cover.
 
     Returns ``model``.
     """
-    targets = _timm_targets(model)
-    covered = {id(variable) for variable, _ in targets.values()}
-    unknown = [v.path for v in model.trainable_variables if id(v) not in covered]
-    if unknown:
-        raise ValueError(f"load_timm_weights does not know where these weights come from in timm: {unknown}.")
-    arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
-    missing = set(targets) - set(arrays)
-    unused = set(arrays) - set(targets)
-    converted, misshaped = {}, []
-    for key in sorted(set(targets) & set(arrays)):
-        variable, (to_keras, timm_shape) = targets[key]
-        expected = timm_shape(tuple(variable.shape))
-        if tuple(arrays[key].shape) != expected:
-            misshaped.append(f"{key}: expected {expected}, got {tuple(arrays[key].shape)}")
-            continue
-        converted[key] = to_keras(arrays[key])
-    problems = []
-    if missing:
-        problems.append(f"missing keys (in our model, not in the state_dict): {_short_list(missing)}")
-    if unused:
-        problems.append(f"unused keys (in the state_dict, not in our model): {_short_list(unused)}")
-    if misshaped:
-        problems.append("mis-shaped keys (timm layout): " + "; ".join(misshaped))
-    if problems:
-        raise ValueError(
-            "Cannot load the timm state_dict into this CaiT: " + " | ".join(problems) + ". Build the model "
-            "with the same configuration as the timm model (depth, embed_dim, patch_size, image_size, "
-            "num_classes, use_layer_scale)."
-        )
-    for key, array in converted.items():
-        variable = targets[key][0]
-        variable.assign(array.astype(variable.dtype))
-    return model
+    return timm_weights.load_state_dict(model, state_dict, _timm_plan(model), how_to_fix=TIMM_HOW_TO_FIX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,7 +795,7 @@ PROFILES = {
 }
 
 # The LayerScale experiment: the same deep model trained twice, with and without LayerScale
-# (build_cait(**profile.model, use_layer_scale=...)), comparing the training-loss curves.
+# (build_model(**profile.model, use_layer_scale=...)), comparing the training-loss curves.
 LAYER_SCALE_PROFILES = {
     "smoke": Profile(
         name="smoke",

@@ -10,32 +10,33 @@ they can be drawn over the image.
 Layout: every layer here works on channels-last feature maps ``(batch, height, width, channels)``; a
 1x1 convolution is a ``Dense`` layer on the channel axis.
 
-Public names:
+Public names (the course's model-module protocol, CONTRIBUTING.md):
     FocalDownsample, FocalModulation, FocalNetBlock   layers
-    build_focalnet(...)                               the classifier (uint8 CIFAR images -> logits)
-    visualization_model(model), analyze(...)          gates and modulators of every block
-    load_timm_weights(model, state_dict)              copy a timm ``FocalNet`` into ``build_focalnet``
+    build_model(...)                                  the classifier (uint8 CIFAR images -> logits)
+    build_baseline(...)                               the plain ViT of the same size, for comparisons
+    visualization_model(model), analyze(model, images)  gates and modulators
+    load_timm_weights(model, state_dict)              copy a timm ``FocalNet`` into ``build_model``
     PROFILES                                          smoke / workshop / full training profiles
 
 The layer options cover the variants of timm's ``FocalNet``: post-norm blocks (``use_post_norm``), a
 LayerNorm inside the modulation (``use_post_norm_in_modulation``), the context normalised by the number
-of levels (``normalize_modulator``), LayerScale (``layerscale_value``) and overlapping convolutions for
-the stem and the downsampling layers (``use_overlap_down``).
+of levels (``normalize_modulator``), LayerScale (``layer_scale_init``, timm's ``layerscale_value``) and
+overlapping convolutions for the stem and the downsampling layers (``use_overlap_down``).
 """
 
+import inspect
 import re
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from course_utils.augment import preprocessing
-from course_utils.models.blocks import (
-    MLP,
-    LayerScale,
-    PatchEmbedding,
-    StochasticDepth,
-)
+from course_utils.analysis import MapSet, numbered
+from course_utils.models import timm_weights
+from course_utils.models.blocks import MLP, LayerScale, PatchEmbedding, StochasticDepth
+from course_utils.models.common import analysis, find_layers, image_input, predict_outputs, with_outputs
+from course_utils.models.vit import build_vit
+from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
     require_image_shape,
@@ -43,7 +44,10 @@ from course_utils.validation import (
     require_positive_number,
     require_rate,
 )
-from course_utils.profiles import Profile
+
+LAYER_NORM_EPSILON = 1e-5  # PyTorch's default, which timm's FocalNet keeps
+BUILDER = "focal_modulation.build_model()"
+BASELINE_HEADS = 4  # the ViT baseline's attention heads (a FocalNet has none)
 
 # Overlapping downsampling (timm's ``use_overlap_down``): stride -> (kernel size, zero padding per side).
 OVERLAP_KERNELS = {2: (3, 1), 4: (7, 2)}
@@ -100,7 +104,7 @@ class FocalDownsample(layers.Layer):
         stride: downsampling factor (4 for the stem, 2 between stages).
         embed_dim: output channels.
         overlap: use overlapping kernels (only for stride 2 or 4).
-        epsilon: LayerNorm epsilon.
+        layer_norm_epsilon: LayerNorm epsilon.
 
     Shapes: ``(batch, height, width, in_channels)`` -> ``(batch, height / stride, width / stride, embed_dim)``.
 
@@ -109,12 +113,12 @@ class FocalDownsample(layers.Layer):
     (2, 8, 8, 32)
     """
 
-    def __init__(self, stride, embed_dim, overlap=False, epsilon=1e-5, **kwargs):
+    def __init__(self, stride, embed_dim, overlap=False, layer_norm_epsilon=LAYER_NORM_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.stride = require_positive_int("stride", stride)
         self.embed_dim = require_positive_int("embed_dim", embed_dim)
         self.overlap = bool(overlap)
-        self.epsilon = require_positive_number("epsilon", epsilon)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-5")
         if self.overlap and self.stride not in OVERLAP_KERNELS:
             raise ValueError(
                 f"Overlapping downsampling is defined for stride 2 or 4 (as in timm), got stride={stride}. "
@@ -151,7 +155,7 @@ class FocalDownsample(layers.Layer):
             # PatchEmbedding checks that the stride divides the input and says how to fix it if not.
             self.projection = PatchEmbedding(self.stride, self.embed_dim, flatten=False, name="projection")
             self.projection.build(input_shape)
-        self.norm = layers.LayerNormalization(epsilon=self.epsilon, name="norm")
+        self.norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm")
         self.norm.build(self.compute_output_shape(input_shape))
 
     @property
@@ -169,7 +173,12 @@ class FocalDownsample(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(stride=self.stride, embed_dim=self.embed_dim, overlap=self.overlap, epsilon=self.epsilon)
+        config.update(
+            stride=self.stride,
+            embed_dim=self.embed_dim,
+            overlap=self.overlap,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
         return config
 
 
@@ -199,7 +208,7 @@ class FocalModulation(layers.Layer):
         use_post_norm: LayerNorm on ``q * m`` before the output projection (timm's
             ``use_post_norm_in_modulation``).
         dropout_rate: dropout on the output.
-        epsilon: LayerNorm epsilon.
+        layer_norm_epsilon: LayerNorm epsilon.
 
     Returns ``(outputs, gates, modulator)``:
         ``(batch, height, width, C)``, ``(batch, height, width, L + 1)``, ``(batch, height, width, C)``,
@@ -219,7 +228,7 @@ class FocalModulation(layers.Layer):
         normalize_modulator=False,
         use_post_norm=False,
         dropout_rate=0.0,
-        epsilon=1e-5,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -230,7 +239,7 @@ class FocalModulation(layers.Layer):
         self.normalize_modulator = bool(normalize_modulator)
         self.use_post_norm = bool(use_post_norm)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
-        self.epsilon = require_positive_number("epsilon", epsilon)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-5")
 
     def build(self, input_shape):
         require_image_shape(self.__class__.__name__, input_shape)
@@ -251,7 +260,7 @@ class FocalModulation(layers.Layer):
         self.h.build(input_shape)
         self.norm = None
         if self.use_post_norm:
-            self.norm = layers.LayerNormalization(epsilon=self.epsilon, name="norm")
+            self.norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm")
             self.norm.build(input_shape)
         self.proj = layers.Dense(channels, name="proj")
         self.proj.build(input_shape)
@@ -290,7 +299,7 @@ class FocalModulation(layers.Layer):
             normalize_modulator=self.normalize_modulator,
             use_post_norm=self.use_post_norm,
             dropout_rate=self.dropout_rate,
-            epsilon=self.epsilon,
+            layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config
 
@@ -312,16 +321,16 @@ class FocalNetBlock(layers.Layer):
         mlp_ratio: MLP hidden width as a multiple of the channels.
         use_post_norm: normalise the branch outputs instead of their inputs.
         use_post_norm_in_modulation: LayerNorm inside the modulation, on ``q * m``.
-        layerscale_value: initial LayerScale value, or ``None`` for no LayerScale.
+        layer_scale_init: LayerScale's start value, or ``None`` for no LayerScale (timm's ``layerscale_value``).
         dropout_rate: dropout on the modulation output and inside the MLP.
         drop_path_rate: stochastic depth probability of each residual branch.
-        epsilon: LayerNorm epsilon.
+        layer_norm_epsilon: LayerNorm epsilon.
 
     Returns ``(outputs, gates, modulator)`` with shapes ``(batch, height, width, C)``,
     ``(batch, height, width, focal_level + 1)`` and ``(batch, height, width, C)``.
 
     Example:
-    >>> outputs, gates, _ = FocalNetBlock(focal_level=3, layerscale_value=1e-4)(keras.ops.ones((2, 4, 4, 8)))
+    >>> outputs, gates, _ = FocalNetBlock(focal_level=3, layer_scale_init=1e-4)(keras.ops.ones((2, 4, 4, 8)))
     >>> tuple(outputs.shape), tuple(gates.shape)
     ((2, 4, 4, 8), (2, 4, 4, 4))
     """
@@ -335,10 +344,10 @@ class FocalNetBlock(layers.Layer):
         use_post_norm=False,
         use_post_norm_in_modulation=False,
         normalize_modulator=False,
-        layerscale_value=None,
+        layer_scale_init=None,
         dropout_rate=0.0,
         drop_path_rate=0.0,
-        epsilon=1e-5,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -350,12 +359,12 @@ class FocalNetBlock(layers.Layer):
         self.use_post_norm = bool(use_post_norm)
         self.use_post_norm_in_modulation = bool(use_post_norm_in_modulation)
         self.normalize_modulator = bool(normalize_modulator)
-        self.layerscale_value = (
-            None if layerscale_value is None else require_positive_number("layerscale_value", layerscale_value)
+        self.layer_scale_init = (
+            None if layer_scale_init is None else require_positive_number("layer_scale_init", layer_scale_init)
         )
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.drop_path_rate = require_rate("drop_path_rate", drop_path_rate)
-        self.epsilon = require_positive_number("epsilon", epsilon)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-5")
 
     def build(self, input_shape):
         require_image_shape(self.__class__.__name__, input_shape)
@@ -365,14 +374,14 @@ class FocalNetBlock(layers.Layer):
             raise ValueError(f"mlp_ratio={self.mlp_ratio} gives an MLP of width 0 for {channels} channels.")
 
         def norm(name):
-            layer = layers.LayerNormalization(epsilon=self.epsilon, name=name)
+            layer = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name=name)
             layer.build(input_shape)
             return layer
 
         def scale(name):
-            if self.layerscale_value is None:
+            if self.layer_scale_init is None:
                 return None
-            layer = LayerScale(self.layerscale_value, name=name)
+            layer = LayerScale(layer_scale_init=self.layer_scale_init, name=name)
             layer.build(input_shape)
             return layer
 
@@ -385,7 +394,7 @@ class FocalNetBlock(layers.Layer):
             normalize_modulator=self.normalize_modulator,
             use_post_norm=self.use_post_norm_in_modulation,
             dropout_rate=self.dropout_rate,
-            epsilon=self.epsilon,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             name="modulation",
         )
         self.modulation.build(input_shape)
@@ -427,10 +436,10 @@ class FocalNetBlock(layers.Layer):
             use_post_norm=self.use_post_norm,
             use_post_norm_in_modulation=self.use_post_norm_in_modulation,
             normalize_modulator=self.normalize_modulator,
-            layerscale_value=self.layerscale_value,
+            layer_scale_init=self.layer_scale_init,
             dropout_rate=self.dropout_rate,
             drop_path_rate=self.drop_path_rate,
-            epsilon=self.epsilon,
+            layer_norm_epsilon=self.layer_norm_epsilon,
         )
         return config
 
@@ -450,12 +459,13 @@ def _per_stage(name, value, num_stages):
     return [value] * num_stages
 
 
-def build_focalnet(
-    num_classes=10,
+def build_model(
+    *,
     image_size=48,
     input_size=32,
     resize_to=None,
     include_preprocessing=True,
+    num_classes=10,
     patch_size=4,
     embed_dim=256,
     depths=(2, 3, 2),
@@ -470,28 +480,29 @@ def build_focalnet(
     use_post_norm=False,
     use_post_norm_in_modulation=False,
     normalize_modulator=False,
-    layerscale_value=None,
-    epsilon=1e-5,
+    layer_scale_init=None,
+    layer_norm_epsilon=LAYER_NORM_EPSILON,
     name="focalnet",
 ):
     """A FocalNet classifier.
 
     ``uint8 images -> preprocessing -> stem (stride patch_size) -> stage 0 -> [downsample x2 -> stage i]...
     -> LayerNorm -> global average pool -> Dense logits``. Stage ``i`` has ``embed_dim * 2**i`` channels
-    (or ``embed_dim[i]``) and ``depths[i]`` :class:`FocalNetBlock` layers named ``stage{i}_block{j}``.
+    (or ``embed_dim[i]``) and ``depths[i]`` :class:`FocalNetBlock` layers named ``stage{i}_block{j}``
+    (stages and blocks counted from 0, as in timm's ``layers.{i}.blocks.{j}``).
     The defaults are the keras.io example's CIFAR-10 configuration (48 px crops, patch 4, widths
     256/512/1024, depths 2/3/2, two focal levels with 3x3 and 5x5 kernels, dropout 0.1), with the
     LayerNorm before the modulation that the paper's block has and the example's block lacks.
 
     Args:
-        num_classes: output logits.
         image_size: side of the images the network sees (after preprocessing).
         input_size: side of the uint8 images fed to the model (32 for CIFAR-10); ignored without
             preprocessing.
         resize_to: resize before the random/centre crop (default ``image_size + image_size // 8``).
-        include_preprocessing: start with :func:`course_utils.augment.preprocessing` (uint8 input). With
-            ``False`` the model takes float images ``(batch, image_size, image_size, 3)`` as they are
+        include_preprocessing: start with the uint8 input stem (:func:`course_utils.models.common.image_input`).
+            With ``False`` the model takes float images ``(batch, image_size, image_size, 3)`` as they are
             (used for the comparison with timm).
+        num_classes: output logits.
         patch_size: stride of the stem (4 in the paper and timm).
         embed_dim: channels of stage 0 (doubled at every stage), or a list with one width per stage.
         depths: blocks per stage.
@@ -503,13 +514,20 @@ def build_focalnet(
         head_dropout_rate: dropout before the classifier (timm's ``drop_rate``).
         use_overlap_down: overlapping convolutions in the stem (7x7, stride 4) and downsampling (3x3,
             stride 2) instead of non-overlapping patches.
-        use_post_norm, use_post_norm_in_modulation, normalize_modulator, layerscale_value: see
-            :class:`FocalNetBlock`.
-        epsilon: epsilon of every LayerNorm.
+        use_post_norm, use_post_norm_in_modulation, normalize_modulator: see :class:`FocalNetBlock`.
+        layer_scale_init: LayerScale's start value in every block, or ``None`` for no LayerScale (timm's
+            ``layerscale_value``).
+        layer_norm_epsilon: epsilon of every LayerNorm.
+        name: model name.
 
     Returns:
         A ``keras.Model`` from ``(batch, input_size, input_size, 3)`` uint8 (or, without preprocessing,
         ``(batch, image_size, image_size, 3)`` float) to logits ``(batch, num_classes)``.
+
+    Example:
+    >>> model = build_model(image_size=32, embed_dim=8, depths=(1, 1), mlp_ratio=2.0)
+    >>> model.input_shape, model.output_shape
+    ((None, 32, 32, 3), (None, 10))
     """
     require_positive_int("num_classes", num_classes)
     require_positive_int("image_size", image_size)
@@ -541,20 +559,15 @@ def build_focalnet(
     elif patch_size not in OVERLAP_KERNELS:
         raise ValueError(f"With use_overlap_down=True the stem stride patch_size must be 2 or 4, got {patch_size}.")
 
-    if include_preprocessing:
-        images = keras.Input((input_size, input_size, 3), dtype="uint8", name="images")
-        x = preprocessing(image_size, resize_to=resize_to)(images)
-    else:
-        images = keras.Input((image_size, image_size, 3), name="images")
-        x = images
-
-    x = FocalDownsample(patch_size, widths[0], overlap=use_overlap_down, epsilon=epsilon, name="stem")(x)
+    inputs, x = image_input(image_size, input_size, resize_to, include_preprocessing)
+    norm = dict(layer_norm_epsilon=layer_norm_epsilon)
+    x = FocalDownsample(patch_size, widths[0], overlap=use_overlap_down, name="stem", **norm)(x)
     total_blocks = sum(depths)
     block_index = 0
     for stage, depth in enumerate(depths):
         if stage > 0:
             x = FocalDownsample(
-                2, widths[stage], overlap=use_overlap_down, epsilon=epsilon, name=f"stage{stage}_downsample"
+                2, widths[stage], overlap=use_overlap_down, name=f"stage{stage}_downsample", **norm
             )(x)
         for block in range(depth):
             rate = drop_path_rate * block_index / (total_blocks - 1) if total_blocks > 1 else 0.0
@@ -566,36 +579,72 @@ def build_focalnet(
                 use_post_norm=use_post_norm,
                 use_post_norm_in_modulation=use_post_norm_in_modulation,
                 normalize_modulator=normalize_modulator,
-                layerscale_value=layerscale_value,
+                layer_scale_init=layer_scale_init,
                 dropout_rate=dropout_rate,
                 drop_path_rate=rate,
-                epsilon=epsilon,
                 name=f"stage{stage}_block{block}",
+                **norm,
             )(x)
             block_index += 1
 
-    x = layers.LayerNormalization(epsilon=epsilon, name="head_norm")(x)
+    x = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="head_norm")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(head_dropout_rate, name="head_dropout")(x)
     logits = layers.Dense(num_classes, name="head")(x)
-    return keras.Model(images, logits, name=name)
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_baseline(*, num_heads=BASELINE_HEADS, **arguments):
+    """The plain ViT the notebook compares with: :func:`course_utils.models.vit.build_vit` sized like this FocalNet.
+
+    Takes :func:`build_model`'s arguments (``**profile.model``) and keeps what the two models share: the
+    image and input sizes, preprocessing, ``patch_size``, the width of stage 0 as the ViT's ``embed_dim``,
+    ``sum(depths)`` blocks, ``mlp_ratio``, ``dropout_rate`` and ``num_classes``. The FocalNet-only
+    arguments (focal levels, LayerScale, ...) are accepted and have no ViT counterpart. ``num_heads`` (which
+    a FocalNet does not have) must divide the stage-0 width.
+
+    Example:
+    >>> vit = build_baseline(image_size=32, embed_dim=16, depths=(1, 1), focal_levels=2, mlp_ratio=2.0)
+    >>> vit.output_shape, len(vit.get_layer("block_1").weights) > 0
+    ((None, 10), True)
+    """
+    bound = inspect.signature(build_model).bind(**arguments)  # a TypeError names an unknown argument
+    bound.apply_defaults()
+    config = bound.arguments
+    width = config["embed_dim"][0] if isinstance(config["embed_dim"], (list, tuple)) else config["embed_dim"]
+    return build_vit(
+        image_size=config["image_size"],
+        input_size=config["input_size"],
+        resize_to=config["resize_to"],
+        include_preprocessing=config["include_preprocessing"],
+        patch_size=config["patch_size"],
+        embed_dim=width,
+        depth=sum(config["depths"]),
+        num_heads=num_heads,
+        mlp_ratio=config["mlp_ratio"],
+        dropout_rate=config["dropout_rate"],
+        num_classes=config["num_classes"],
+        name=arguments.get("name", "vit"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Gates and modulators
 # --------------------------------------------------------------------------------------------
 _BLOCK_NAME = re.compile(r"^stage(\d+)_block(\d+)$")
+_GATES_KEY = re.compile(r"^stage(\d+)_block(\d+)_gates$")
 
 
 def _blocks_by_position(model):
-    """``{(stage, block): layer}`` for every FocalNetBlock named ``stage{i}_block{j}``."""
+    """``{(stage, block): layer}`` for every FocalNetBlock of a :func:`build_model` model, in graph order."""
     found = {}
-    for layer in model.layers:
+    for layer in find_layers(model, FocalNetBlock, BUILDER):
         match = _BLOCK_NAME.match(layer.name)
-        if match and isinstance(layer, FocalNetBlock):
-            found[(int(match.group(1)), int(match.group(2)))] = layer
-    if not found:
-        raise ValueError(f"Model {model.name!r} has no FocalNetBlock layers: build it with build_focalnet().")
+        if match is None:
+            raise ValueError(
+                f"FocalNetBlock {layer.name!r} is not named stage<i>_block<j>: pass a model made by {BUILDER}."
+            )
+        found[(int(match.group(1)), int(match.group(2)))] = layer
     return found
 
 
@@ -604,202 +653,139 @@ def visualization_model(model):
 
     Outputs a dict: ``"logits"`` ``(batch, classes)``, and for every block ``"stage{i}_block{j}_gates"``
     ``(batch, h, w, focal_level + 1)`` and ``"stage{i}_block{j}_modulator"`` ``(batch, h, w, channels)``
-    at that stage's resolution.
+    at that stage's resolution (stages and blocks counted from 0, as the layers are named).
     """
-    outputs = {"logits": model.output}
-    for (stage, block), layer in sorted(_blocks_by_position(model).items()):
+    outputs = {}
+    for (stage, block), layer in _blocks_by_position(model).items():
         _, gates, modulator = layer.output
         outputs[f"stage{stage}_block{block}_gates"] = gates
         outputs[f"stage{stage}_block{block}_modulator"] = modulator
-    return keras.Model(model.input, outputs, name=f"{model.name}_viz")
+    return with_outputs(model, outputs)
 
 
-_GATES_KEY = re.compile(r"^stage(\d+)_block(\d+)_gates$")
+def analyze(model, images, batch_size=128):
+    """Probabilities, and the gates and modulator norm of the last block of every stage.
 
-
-def _resolve_block(keys, stage, block):
-    """Turn a possibly negative ``(stage, block)`` into the indices used in the output names."""
-    positions = sorted((int(m.group(1)), int(m.group(2))) for m in map(_GATES_KEY.match, keys) if m)
-    stages = sorted({s for s, _ in positions})
-    if isinstance(stage, bool) or not isinstance(stage, int) or not -len(stages) <= stage < len(stages):
-        raise ValueError(
-            f"stage={stage!r} does not exist: the model has stages {stages} (negative values count from the end)."
-        )
-    stage = stages[stage]
-    blocks = [b for s, b in positions if s == stage]
-    if isinstance(block, bool) or not isinstance(block, int) or not -len(blocks) <= block < len(blocks):
-        raise ValueError(
-            f"block={block!r} does not exist in stage {stage}, which has blocks {blocks} "
-            f"(negative values count from the end)."
-        )
-    return stage, blocks[block]
-
-
-def analyze(viz_model, images, stage=1, block=-1):
-    """Probabilities, gates and modulator norm of one block, for :func:`course_utils.viz.explore`.
-
-    Args:
-        viz_model: from :func:`visualization_model`.
-        images: uint8 ``(batch, 32, 32, 3)`` (whatever the model takes).
-        stage, block: which block to show (0-based; negative values count from the end). The default,
-            the last block of stage 1, is the one the keras.io example draws.
+    ``model``: the classifier from :func:`build_model`, or its :func:`visualization_model` when calling
+    often. ``images`` go through it ``batch_size`` at a time.
 
     Returns:
-        ``(probabilities, maps)``: probabilities ``(batch, classes)``; maps ``{"gate": (batch, L + 1, h, w),
-        "modulator norm": (batch, 1, h, w)}`` where ``gate[:, l]`` is the weight of focal level ``l + 1``
-        (the last one is the global context) and the modulator norm is the L2 norm over its channels.
+        :class:`course_utils.analysis.Analysis` ``(probabilities, maps)``: softmax probabilities
+        ``(batch, classes)`` and, for every stage ``s`` **counted from 0** (as the layers
+        ``stage{s}_block{j}`` are named), two :class:`MapSet` values of that stage's last block at its
+        resolution ``h x w``:
+
+        * ``"stage {s} gates"``: ``(batch, L + 1, h, w)``, items ``("level 1", ..., "level L", "global")``,
+          the gate of each focal level and of the global context at every position. The gates are linear
+          outputs (no softmax or sigmoid), so ``signed=True``: they can be negative.
+        * ``"stage {s} modulator norm"``: ``(batch, 1, h, w)``, item ``("modulator norm",)``, the L2 norm of
+          the modulator over its channels (``signed=False``).
     """
-    stage, block = _resolve_block(_output_keys(viz_model), stage, block)
-    outputs = viz_model.predict(images, verbose=0)
-    probabilities = ops.convert_to_numpy(ops.softmax(outputs["logits"], axis=-1))
-    gates = np.asarray(outputs[f"stage{stage}_block{block}_gates"])
-    modulator = np.asarray(outputs[f"stage{stage}_block{block}_modulator"])
-    maps = {
-        "gate": np.transpose(gates, (0, 3, 1, 2)),
-        "modulator norm": np.linalg.norm(modulator, axis=-1)[:, None],
-    }
-    return probabilities, maps
-
-
-def _output_keys(viz_model):
-    output = viz_model.output
-    if not isinstance(output, dict):
-        raise ValueError("analyze() expects the model returned by visualization_model(model).")
-    return list(output)
+    outputs = predict_outputs(model, visualization_model, images, batch_size)
+    last_block = {}
+    for match in filter(None, map(_GATES_KEY.match, outputs)):
+        stage, block = int(match.group(1)), int(match.group(2))
+        last_block[stage] = max(block, last_block.get(stage, block))
+    maps = {}
+    for stage, block in sorted(last_block.items()):
+        gates = np.transpose(outputs[f"stage{stage}_block{block}_gates"], (0, 3, 1, 2))
+        modulator = outputs[f"stage{stage}_block{block}_modulator"]
+        maps[f"stage {stage} gates"] = MapSet(
+            gates,
+            items=numbered("level", gates.shape[1] - 1) + ("global",),
+            signed=True,
+            description=f"block {block} of stage {stage}: how strongly each focal level (and the global "
+            f"context) enters the modulator at each position; a linear output, so it can be negative",
+        )
+        maps[f"stage {stage} modulator norm"] = MapSet(
+            np.linalg.norm(modulator, axis=-1)[:, None],
+            items=("modulator norm",),
+            signed=False,
+            description=f"block {block} of stage {stage}: the L2 norm of the modulator over its channels, how "
+            f"strongly the query is rescaled at each position",
+        )
+    return analysis(outputs, maps)
 
 
 # --------------------------------------------------------------------------------------------
 # timm weights
 # --------------------------------------------------------------------------------------------
-def _to_numpy(value):
-    if hasattr(value, "detach"):  # a torch tensor; torch itself is never imported here
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _conv_kernel(weight):  # torch (out, in, kh, kw) -> keras (kh, kw, in, out)
-    return weight.transpose(2, 3, 1, 0)
-
-
-def _pointwise_kernel(weight):  # torch 1x1 conv (out, in, 1, 1) or Linear (out, in) -> Dense (in, out)
-    return weight.reshape(weight.shape[0], -1).T if weight.ndim == 4 else weight.T
-
-
-def _depthwise_kernel(weight):  # torch (channels, 1, kh, kw) -> keras (kh, kw, channels, 1)
-    return weight.transpose(2, 3, 0, 1)
-
-
-def _identity(weight):
-    return weight
+TIMM_HOW_TO_FIX = (
+    "Build the model with the timm model's configuration: embed_dim, depths, focal_levels, focal_windows, "
+    "use_overlap_down, use_post_norm, use_post_norm_in_modulation, normalize_modulator, layer_scale_init "
+    "(timm's layerscale_value), num_classes, and include_preprocessing=False."
+)
 
 
 def _timm_plan(model):
-    """List ``(timm key, keras variable, transform)`` for every weight of a :func:`build_focalnet` model."""
+    """The key map: ``(timm key, variable, transform)`` for every weight of a :func:`build_model` model."""
     plan = []
 
-    def add(key, variable, transform=_identity):
-        plan.append((key, variable, transform))
-
     def conv(prefix, layer, transform):
-        add(f"{prefix}.weight", layer.kernel, transform)
+        plan.append((f"{prefix}.weight", layer.kernel, transform))
         if layer.use_bias:
-            add(f"{prefix}.bias", layer.bias)
+            plan.append((f"{prefix}.bias", layer.bias, timm_weights.same))
 
     def norm(prefix, layer):
         if layer is not None:
-            add(f"{prefix}.weight", layer.gamma)
-            add(f"{prefix}.bias", layer.beta)
+            plan.append((f"{prefix}.weight", layer.gamma, timm_weights.same))
+            plan.append((f"{prefix}.bias", layer.beta, timm_weights.same))
+
+    def scale(prefix, layer):
+        if layer is not None:
+            plan.append((f"{prefix}.gamma", layer.gamma, timm_weights.same))
 
     def downsample(prefix, layer):
-        conv(f"{prefix}.proj", layer.convolution, _conv_kernel)
+        conv(f"{prefix}.proj", layer.convolution, timm_weights.conv)
         norm(f"{prefix}.norm", layer.norm)
 
     downsample("stem", model.get_layer("stem"))
-    blocks = _blocks_by_position(model)
-    for stage in sorted({s for s, _ in blocks}):
-        if stage > 0:
+    for (stage, block), layer in _blocks_by_position(model).items():
+        if stage > 0 and block == 0:
             downsample(f"layers.{stage}.downsample", model.get_layer(f"stage{stage}_downsample"))
-        for block in sorted(b for s, b in blocks if s == stage):
-            layer = blocks[(stage, block)]
-            prefix = f"layers.{stage}.blocks.{block}"
-            modulation = layer.modulation
-            norm(f"{prefix}.norm1", layer.norm1)
-            conv(f"{prefix}.modulation.f", modulation.f, _pointwise_kernel)
-            for level, focal in enumerate(modulation.focal_layers):
-                add(f"{prefix}.modulation.focal_layers.{level}.0.weight", focal.kernel, _depthwise_kernel)
-            conv(f"{prefix}.modulation.h", modulation.h, _pointwise_kernel)
-            norm(f"{prefix}.modulation.norm", modulation.norm)
-            conv(f"{prefix}.modulation.proj", modulation.proj, _pointwise_kernel)
-            norm(f"{prefix}.norm1_post", layer.norm1_post)
-            if layer.ls1 is not None:
-                add(f"{prefix}.ls1.gamma", layer.ls1.gamma)
-            norm(f"{prefix}.norm2", layer.norm2)
-            conv(f"{prefix}.mlp.fc1", layer.mlp.hidden, _pointwise_kernel)
-            conv(f"{prefix}.mlp.fc2", layer.mlp.project, _pointwise_kernel)
-            norm(f"{prefix}.norm2_post", layer.norm2_post)
-            if layer.ls2 is not None:
-                add(f"{prefix}.ls2.gamma", layer.ls2.gamma)
+        prefix = f"layers.{stage}.blocks.{block}"
+        modulation = layer.modulation
+        norm(f"{prefix}.norm1", layer.norm1)
+        conv(f"{prefix}.modulation.f", modulation.f, timm_weights.linear)
+        for level, focal in enumerate(modulation.focal_layers):
+            plan.append((f"{prefix}.modulation.focal_layers.{level}.0.weight", focal.kernel, timm_weights.depthwise))
+        conv(f"{prefix}.modulation.h", modulation.h, timm_weights.linear)
+        norm(f"{prefix}.modulation.norm", modulation.norm)
+        conv(f"{prefix}.modulation.proj", modulation.proj, timm_weights.linear)
+        norm(f"{prefix}.norm1_post", layer.norm1_post)
+        scale(f"{prefix}.ls1", layer.ls1)
+        norm(f"{prefix}.norm2", layer.norm2)
+        conv(f"{prefix}.mlp.fc1", layer.mlp.hidden, timm_weights.linear)
+        conv(f"{prefix}.mlp.fc2", layer.mlp.project, timm_weights.linear)
+        norm(f"{prefix}.norm2_post", layer.norm2_post)
+        scale(f"{prefix}.ls2", layer.ls2)
     norm("norm", model.get_layer("head_norm"))
-    conv("head.fc", model.get_layer("head"), _pointwise_kernel)
+    conv("head.fc", model.get_layer("head"), timm_weights.linear)
     return plan
 
 
-def _listing(title, items, limit=8):
-    shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-    return f"{title} ({len(items)}): {shown}"
-
-
 def load_timm_weights(model, state_dict):
-    """Copy the weights of a timm ``FocalNet`` into a model from :func:`build_focalnet`, in place.
+    """Copy the weights of a timm ``FocalNet`` into a model from :func:`build_model`, in place.
 
     Build the Keras model with the same configuration as the timm model (``embed_dim``, ``depths``,
     ``focal_levels``, ``focal_windows``, ``use_overlap_down``, ``use_post_norm``,
-    ``use_post_norm_in_modulation``, ``normalize_modulator``, ``layerscale_value``, ``num_classes``;
-    ``include_preprocessing=False`` and ``image_size`` to compare on the same inputs). Convolution kernels
-    are transposed from PyTorch's ``(out, in, kh, kw)`` to Keras's layouts, 1x1 convolutions become
-    ``Dense`` kernels.
+    ``use_post_norm_in_modulation``, ``normalize_modulator``, ``layer_scale_init`` (timm's
+    ``layerscale_value``), ``num_classes``; ``include_preprocessing=False`` and ``image_size`` to compare on
+    the same inputs). Convolution kernels are transposed from PyTorch's ``(out, in, kh, kw)`` to Keras's
+    layouts, 1x1 convolutions become ``Dense`` kernels (:mod:`course_utils.models.timm_weights`).
 
     Args:
         model: the Keras model.
         state_dict: ``timm_model.state_dict()`` (torch tensors) or a dict of numpy arrays.
 
     Raises:
-        ValueError listing every missing key, unused key and shape mismatch (nothing is copied then).
+        ValueError listing every missing key, unused key, shape mismatch and model weight the key map does
+        not cover (nothing is copied then).
 
     Returns:
         ``model``.
     """
-    arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
-    plan = _timm_plan(model)
-    expected = {key for key, _, _ in plan}
-    missing = [key for key, _, _ in plan if key not in arrays]
-    unused = sorted(key for key in arrays if key not in expected)
-    mismatched = []
-    converted = []
-    for key, variable, transform in plan:
-        if key not in arrays:
-            continue
-        value = transform(arrays[key])
-        if tuple(value.shape) != tuple(variable.shape):
-            mismatched.append(f"{key} {tuple(arrays[key].shape)} -> {tuple(value.shape)} vs {tuple(variable.shape)}")
-        converted.append((variable, value))
-    problems = []
-    if missing:
-        problems.append(_listing("missing in the state_dict", missing))
-    if unused:
-        problems.append(_listing("not used by the Keras model", unused))
-    if mismatched:
-        problems.append(_listing("shape mismatches (timm -> converted vs Keras)", mismatched))
-    if problems:
-        raise ValueError(
-            "The timm state_dict does not fit this Keras FocalNet. Build it with the timm model's configuration "
-            "(embed_dim, depths, focal_levels, focal_windows, use_overlap_down, use_post_norm, "
-            "use_post_norm_in_modulation, normalize_modulator, layerscale_value, num_classes).\n  "
-            + "\n  ".join(problems)
-        )
-    for variable, value in converted:
-        variable.assign(value.astype(variable.dtype))
-    return model
+    return timm_weights.load_state_dict(model, state_dict, _timm_plan(model), how_to_fix=TIMM_HOW_TO_FIX)
 
 
 # --------------------------------------------------------------------------------------------

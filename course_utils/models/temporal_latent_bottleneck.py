@@ -4,7 +4,7 @@ The image becomes a sequence of patch tokens, cut into consecutive *chunks* of `
 raster order). Two streams read that sequence:
 
 - the **fast stream** (perceptual module) is a small Transformer that works inside one chunk at a time:
-  ``num_layers`` self-attention blocks, and after self-attention layers ``0, r, 2r, ...`` a cross-attention
+  ``depth`` self-attention blocks, and after self-attention layers ``0, r, 2r, ...`` a cross-attention
   block in which the chunk's tokens (queries) read the slow stream (keys and values);
 - the **slow stream** (the temporal latent bottleneck) is a handful of latent vectors that is updated once
   per chunk, by a cross-attention block in which the latents (queries) read the chunk the fast stream just
@@ -16,39 +16,46 @@ JAX with dropout the RNN unrolls it at trace time, see :class:`TemporalLatentBot
 stream's attention over each chunk is the RNN's per-step output, so the visualization model is the
 training model with one more output, on the same weights. The classifier reads the final slow stream.
 
+The module follows the course's model-module protocol (CONTRIBUTING.md)::
+
+    model = build_model(**profile.model)
+    baseline = build_baseline(**profile.model)    # the course's plain ViT, same width, depth and heads
+    viz_model = visualization_model(model)
+    probabilities, maps = analyze(viz_model, images)   # maps: {"slow-stream attention, ...": MapSet}
+
 Public names:
-    ChunkedPatchEmbedding, AttentionBlock, TLBCell, TemporalLatentBottleneck  (layers)
-    build_tlb, build_vit_baseline, baseline_kwargs, bottleneck_layer, visualization_model, analyze, PROFILES
+    ChunkedPatchEmbedding, AttentionBlock, TLBCell, TemporalLatentBottleneck    layers
+    build_model, build_baseline, visualization_model, analyze                   the protocol
+    chunk_maps                                                                  attention -> maps on the patch grid
+    PROFILES                                                                    smoke / workshop / full profiles
 """
 
+import inspect
 import math
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from course_utils.augment import preprocessing
-from course_utils.models.blocks import (
-    MLP,
-    DotProductAttention,
-    PatchEmbedding,
-    PositionEmbedding,
-)
+from course_utils.analysis import MapSet, numbered
+from course_utils.models.blocks import MLP, DotProductAttention, PatchEmbedding, PositionEmbedding
+from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
+from course_utils.models.vit import build_vit, check_vit_arguments
+from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
-    require_divisible,
+    require_heads_divide,
+    require_number_at_least,
     require_positive_int,
     require_rate,
 )
-from course_utils.profiles import Profile
 
+BUILDER = "temporal_latent_bottleneck.build_model()"
 LAYER_NORM_EPSILON = 1e-5
-
-
-def _require_number(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ValueError(f"`{name}` must be a number >= {minimum}, got {value!r}.")
-    return value
+TLB_ARGUMENTS = ("chunk_size", "num_latents", "r")
+"""The arguments of :func:`build_model` that the plain ViT of :func:`build_baseline` does not take."""
+ATTENTION_OUTPUT = "slow_stream_attention"
+"""The visualization model's output: ``(batch, num_chunks, num_heads, num_latents, chunk_size)``."""
 
 
 def _require_chunking(num_patches, chunk_size, grid=None):
@@ -84,7 +91,7 @@ class ChunkedPatchEmbedding(layers.Layer):
     ``(batch, num_chunks, chunk_size, embed_dim)`` with ``num_chunks = num_patches / chunk_size``.
 
     Example:
-    >>> ChunkedPatchEmbedding(4, 32, chunk_size=8)(keras.ops.ones((2, 32, 32, 3))).shape
+    >>> tuple(ChunkedPatchEmbedding(4, 32, chunk_size=8)(keras.ops.ones((2, 32, 32, 3))).shape)
     (2, 8, 8, 32)
     """
 
@@ -164,19 +171,14 @@ class AttentionBlock(layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_heads = require_positive_int("num_heads", num_heads)
-        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        self.mlp_ratio = require_number_at_least("mlp_ratio", mlp_ratio, 1)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.attention_dropout = require_rate("attention_dropout", attention_dropout)
         self.cross_attention = bool(cross_attention)
 
     def build(self, query_shape, context_shape=None):
         channels = query_shape[-1]
-        if channels % self.num_heads != 0:
-            raise ValueError(
-                f"num_heads={self.num_heads} does not divide the token width ({channels} channels): "
-                f"choose num_heads among {[h for h in range(1, channels + 1) if channels % h == 0]} "
-                f"or change embed_dim."
-            )
+        require_heads_divide(channels, self.num_heads)
         context_shape = tuple(query_shape) if context_shape is None else tuple(context_shape)
         self.norm_query = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm_query")
         self.norm_query.build(query_shape)
@@ -228,14 +230,14 @@ class TLBCell(layers.Layer):
 
     For a chunk ``x`` and the slow stream ``s`` (``num_latents`` vectors), in this order::
 
-        for i in range(num_layers):
+        for i in range(depth):
             x = self_attention[i](x)                    # fast stream, inside the chunk
             if i % r == 0:
                 x = cross_attention[i // r](x, s)       # the chunk reads the slow stream (top-down)
         s, scores = latent_update(s, x)                 # the slow stream reads the chunk (bottom-up)
 
-    Every block object is called exactly once per chunk. ``num_layers`` self-attention blocks,
-    ``ceil(num_layers / r)`` perceptual cross-attention blocks and one latent-update block.
+    Every block object is called exactly once per chunk. ``depth`` self-attention blocks,
+    ``ceil(depth / r)`` perceptual cross-attention blocks and one latent-update block.
 
     This is a ``keras.layers.RNN`` cell, so its state and output are flat vectors:
     ``state_size = num_latents * embed_dim`` (the slow stream) and
@@ -246,7 +248,7 @@ class TLBCell(layers.Layer):
         embed_dim: channels of the chunk tokens and of the latents.
         chunk_size: tokens per chunk.
         num_latents: vectors in the slow stream.
-        num_layers: self-attention blocks in the perceptual module (its depth).
+        depth: self-attention blocks in the perceptual module.
         r: a perceptual cross-attention follows self-attention layers ``0, r, 2r, ...``.
         num_heads, mlp_ratio, dropout_rate, attention_dropout: as in :class:`AttentionBlock`, for all blocks.
 
@@ -255,6 +257,12 @@ class TLBCell(layers.Layer):
 
     Returns: ``(scores, [new_state])``: ``(batch, num_heads * num_latents * chunk_size)`` and
     ``[(batch, num_latents * embed_dim)]``.
+
+    Example:
+    >>> cell = TLBCell(embed_dim=8, chunk_size=4, num_latents=3, depth=2, r=1, num_heads=2)
+    >>> scores, [state] = cell(keras.ops.ones((5, 4, 8)), [keras.ops.zeros((5, 3 * 8))])
+    >>> tuple(scores.shape), tuple(state.shape), cell.num_cross_attention
+    ((5, 24), (5, 24), 2)
     """
 
     def __init__(
@@ -262,7 +270,7 @@ class TLBCell(layers.Layer):
         embed_dim,
         chunk_size,
         num_latents,
-        num_layers,
+        depth,
         r,
         num_heads=1,
         mlp_ratio=4,
@@ -274,11 +282,11 @@ class TLBCell(layers.Layer):
         self.embed_dim = require_positive_int("embed_dim", embed_dim)
         self.chunk_size = require_positive_int("chunk_size", chunk_size)
         self.num_latents = require_positive_int("num_latents", num_latents)
-        self.num_layers = require_positive_int("num_layers", num_layers)
+        self.depth = require_positive_int("depth", depth)
         self.r = require_positive_int("r", r)
         self.num_heads = require_positive_int("num_heads", num_heads)
-        require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
-        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        require_heads_divide(embed_dim, num_heads)
+        self.mlp_ratio = require_number_at_least("mlp_ratio", mlp_ratio, 1)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.attention_dropout = require_rate("attention_dropout", attention_dropout)
         # What keras.layers.RNN reads: the flat sizes of the state and of the per-step output.
@@ -287,8 +295,8 @@ class TLBCell(layers.Layer):
 
     @property
     def num_cross_attention(self):
-        """How many perceptual cross-attention blocks there are: ``ceil(num_layers / r)``."""
-        return math.ceil(self.num_layers / self.r)
+        """How many perceptual cross-attention blocks there are: ``ceil(depth / r)``."""
+        return math.ceil(self.depth / self.r)
 
     def build(self, inputs_shape, states_shape=None):
         expected = (self.chunk_size, self.embed_dim)
@@ -307,7 +315,7 @@ class TLBCell(layers.Layer):
         chunk_shape = (inputs_shape[0], self.chunk_size, self.embed_dim)
         latent_shape = (inputs_shape[0], self.num_latents, self.embed_dim)
         self.self_attention = []
-        for i in range(self.num_layers):
+        for i in range(self.depth):
             sa = AttentionBlock(**block, name=f"perceptual_self_attention_{i}")
             sa.build(chunk_shape)
             self.self_attention.append(sa)
@@ -336,7 +344,7 @@ class TLBCell(layers.Layer):
             embed_dim=self.embed_dim,
             chunk_size=self.chunk_size,
             num_latents=self.num_latents,
-            num_layers=self.num_layers,
+            depth=self.depth,
             r=self.r,
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
@@ -361,11 +369,17 @@ class TemporalLatentBottleneck(layers.Layer):
 
     Args:
         num_latents: vectors in the slow stream.
-        num_layers, r, num_heads, mlp_ratio, dropout_rate, attention_dropout: see :class:`TLBCell`.
+        depth, r, num_heads, mlp_ratio, dropout_rate, attention_dropout: see :class:`TLBCell`.
 
     Shapes: ``(batch, num_chunks, chunk_size, channels)`` -> ``(slow_stream, scores)`` with
     ``slow_stream`` ``(batch, num_latents, channels)`` and
     ``scores`` ``(batch, num_chunks, num_heads, num_latents, chunk_size)``.
+
+    Example:
+    >>> bottleneck = TemporalLatentBottleneck(num_latents=3, depth=2, r=1, num_heads=2)
+    >>> slow_stream, scores = bottleneck(keras.ops.ones((5, 4, 8, 32)))
+    >>> tuple(slow_stream.shape), tuple(scores.shape)
+    ((5, 3, 32), (5, 4, 2, 3, 8))
     """
 
     cell_class = TLBCell  # a subclass may run another cell with the same arguments (e.g. for a benchmark)
@@ -373,7 +387,7 @@ class TemporalLatentBottleneck(layers.Layer):
     def __init__(
         self,
         num_latents,
-        num_layers,
+        depth,
         r,
         num_heads=1,
         mlp_ratio=4,
@@ -383,10 +397,10 @@ class TemporalLatentBottleneck(layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_latents = require_positive_int("num_latents", num_latents)
-        self.num_layers = require_positive_int("num_layers", num_layers)
+        self.depth = require_positive_int("depth", depth)
         self.r = require_positive_int("r", r)
         self.num_heads = require_positive_int("num_heads", num_heads)
-        self.mlp_ratio = _require_number("mlp_ratio", mlp_ratio, 1)
+        self.mlp_ratio = require_number_at_least("mlp_ratio", mlp_ratio, 1)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
         self.attention_dropout = require_rate("attention_dropout", attention_dropout)
 
@@ -406,7 +420,7 @@ class TemporalLatentBottleneck(layers.Layer):
             embed_dim=channels,
             chunk_size=chunk_size,
             num_latents=self.num_latents,
-            num_layers=self.num_layers,
+            depth=self.depth,
             r=self.r,
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
@@ -445,7 +459,7 @@ class TemporalLatentBottleneck(layers.Layer):
         config = super().get_config()
         config.update(
             num_latents=self.num_latents,
-            num_layers=self.num_layers,
+            depth=self.depth,
             r=self.r,
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
@@ -458,169 +472,96 @@ class TemporalLatentBottleneck(layers.Layer):
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-def _check_geometry(image_size, patch_size, embed_dim, num_heads, chunk_size=None):
-    require_positive_int("image_size", image_size)
-    require_positive_int("patch_size", patch_size)
-    require_divisible("image_size", image_size, "patch_size", patch_size)
-    require_positive_int("embed_dim", embed_dim)
-    require_positive_int("num_heads", num_heads)
-    require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
-    side = image_size // patch_size
-    if chunk_size is not None:
-        require_positive_int("chunk_size", chunk_size)
-        _require_chunking(side * side, chunk_size, (side, side))
-    return side
-
-
-def _inputs_and_images(image_size, resize_to, include_preprocessing):
-    if include_preprocessing:
-        inputs = keras.Input(shape=(32, 32, 3), dtype="uint8", name="images")
-        images = preprocessing(image_size=image_size, resize_to=resize_to)(inputs)
-    else:
-        inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
-        images = inputs
-    return inputs, images
-
-
-def build_tlb(
+def build_model(
+    *,
     image_size=32,
-    resize_to=None,
     patch_size=4,
     embed_dim=64,
     chunk_size=8,
     num_latents=8,
-    num_layers=4,
+    depth=4,
     r=2,
     num_heads=1,
     mlp_ratio=4,
     dropout_rate=0.0,
     attention_dropout=0.0,
     num_classes=10,
+    input_size=32,
+    resize_to=None,
     include_preprocessing=True,
     name="temporal_latent_bottleneck",
 ):
-    """Build the Temporal Latent Bottleneck classifier: uint8 CIFAR images -> logits.
+    """Build the Temporal Latent Bottleneck classifier: uint8 images -> logits.
 
     ``preprocessing -> ChunkedPatchEmbedding -> TemporalLatentBottleneck -> LayerNorm -> mean over the
     latents -> Dense``. The classifier reads the final slow stream, so everything the model knows about
     the image has passed through the bottleneck.
 
     Args:
-        image_size: side of the square images the model sees (CIFAR's 32 px are resized and cropped).
-        resize_to: side to resize to before the (random in training, centre at inference) crop; default
-            ``image_size + image_size // 8``.
+        image_size: side of the square images the model sees (the inputs are resized and cropped to it).
         patch_size: patch side in pixels; must divide ``image_size``.
         embed_dim: token and latent width.
         chunk_size: patch tokens per chunk; must divide ``(image_size / patch_size) ** 2``.
         num_latents: vectors in the slow stream.
-        num_layers: self-attention blocks in the perceptual module.
+        depth: self-attention blocks in the perceptual module (the fast stream).
         r: a perceptual cross-attention to the slow stream follows self-attention layers 0, r, 2r, ...
         num_heads: attention heads (must divide ``embed_dim``).
         mlp_ratio: feed-forward hidden width / ``embed_dim``.
         dropout_rate, attention_dropout: feed-forward and attention-probability dropout.
         num_classes: outputs of the classifier.
+        input_size: side of the uint8 images the model is fed (32 for CIFAR-10).
+        resize_to: side to resize to before the (random in training, centre at inference) crop; default
+            ``image_size + image_size // 8``.
         include_preprocessing: if False the model takes float images ``(batch, image_size, image_size, 3)``
-            in [0, 1] instead of uint8 CIFAR images.
+            in [0, 1] as they are.
+        name: model name.
 
-    Shapes: ``(batch, 32, 32, 3)`` uint8 -> ``(batch, num_classes)`` logits.
+    Shapes: ``(batch, input_size, input_size, 3)`` uint8 -> ``(batch, num_classes)`` logits.
+
+    Example:
+    >>> model = build_model(image_size=16, patch_size=4, embed_dim=8, chunk_size=4, num_latents=2, depth=1, r=1)
+    >>> model.input_shape, model.output_shape
+    ((None, 32, 32, 3), (None, 10))
     """
-    _check_geometry(image_size, patch_size, embed_dim, num_heads, chunk_size)
-    require_positive_int("num_classes", num_classes)
-    inputs, images = _inputs_and_images(image_size, resize_to, include_preprocessing)
-    chunks = ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size, name="chunked_patches")(images)
-    slow_stream, _ = TemporalLatentBottleneck(
+    check_vit_arguments(image_size, patch_size, embed_dim, depth, num_heads, num_classes)
+    side = image_size // patch_size
+    _require_chunking(side * side, require_positive_int("chunk_size", chunk_size), (side, side))
+    bottleneck = TemporalLatentBottleneck(
         num_latents=num_latents,
-        num_layers=num_layers,
+        depth=depth,
         r=r,
         num_heads=num_heads,
         mlp_ratio=mlp_ratio,
         dropout_rate=dropout_rate,
         attention_dropout=attention_dropout,
         name="temporal_latent_bottleneck",
-    )(chunks)
+    )
+    inputs, images = image_input(image_size, input_size, resize_to, include_preprocessing)
+    chunks = ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size, name="chunked_patches")(images)
+    slow_stream, _ = bottleneck(chunks)
     x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(slow_stream)
     x = layers.GlobalAveragePooling1D(name="mean_over_latents")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, logits, name=name)
 
 
-BASELINE_ARGS = (
-    "image_size",
-    "resize_to",
-    "patch_size",
-    "embed_dim",
-    "num_layers",
-    "num_heads",
-    "mlp_ratio",
-    "dropout_rate",
-    "attention_dropout",
-    "num_classes",
-    "include_preprocessing",
-)
+def build_baseline(**model_args):
+    """The course's plain ViT with the width, depth, heads, MLP ratio, patches and images of :func:`build_model`.
 
+    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the bottleneck's own
+    (:data:`TLB_ARGUMENTS`: chunks, latents, ``r``) are dropped and the rest, with :func:`build_model`'s
+    defaults for those not given (``num_heads=1``, ``mlp_ratio=4``, ...), go to
+    :func:`course_utils.models.vit.build_vit`: ``depth`` Transformer blocks over *all* the patch tokens at
+    once, no chunks and no slow stream. The name defaults to ``"vit"``.
 
-def baseline_kwargs(tlb_kwargs):
-    """The subset of :func:`build_tlb` arguments that :func:`build_vit_baseline` shares (same width/depth).
-
-    >>> baseline_kwargs({"embed_dim": 64, "chunk_size": 8, "r": 2})
-    {'embed_dim': 64}
+    Example:
+    >>> baseline = build_baseline(image_size=16, patch_size=4, embed_dim=8, chunk_size=4, num_latents=2, depth=1)
+    >>> baseline.name, tuple(baseline.get_layer("block_0").output[0].shape)
+    ('vit', (None, 16, 8))
     """
-    return {key: value for key, value in tlb_kwargs.items() if key in BASELINE_ARGS}
-
-
-def build_vit_baseline(
-    image_size=32,
-    resize_to=None,
-    patch_size=4,
-    embed_dim=64,
-    num_layers=4,
-    num_heads=1,
-    mlp_ratio=4,
-    dropout_rate=0.0,
-    attention_dropout=0.0,
-    num_classes=10,
-    include_preprocessing=True,
-    name="vit_baseline",
-):
-    """A plain ViT of the same width and depth as :func:`build_tlb`, from the same blocks.
-
-    ``preprocessing -> ChunkedPatchEmbedding with one chunk holding every patch -> num_layers
-    self-attention AttentionBlocks over all tokens -> LayerNorm -> mean over tokens -> Dense``. It is the
-    TLB without chunks and without the slow stream: every token attends to every other token at once.
-    Use ``build_vit_baseline(**baseline_kwargs(profile.model))`` for a like-for-like comparison.
-
-    Shapes: ``(batch, 32, 32, 3)`` uint8 -> ``(batch, num_classes)`` logits.
-    """
-    side = _check_geometry(image_size, patch_size, embed_dim, num_heads)
-    require_positive_int("num_layers", num_layers)
-    require_positive_int("num_classes", num_classes)
-    num_patches = side * side
-    inputs, images = _inputs_and_images(image_size, resize_to, include_preprocessing)
-    chunks = ChunkedPatchEmbedding(patch_size, embed_dim, chunk_size=num_patches, name="patches")(images)
-    x = layers.Reshape((num_patches, embed_dim), name="tokens")(chunks)
-    for i in range(num_layers):
-        x, _ = AttentionBlock(
-            num_heads,
-            mlp_ratio=mlp_ratio,
-            dropout_rate=dropout_rate,
-            attention_dropout=attention_dropout,
-            name=f"block_{i}",
-        )(x)
-    x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
-    x = layers.GlobalAveragePooling1D(name="mean_over_tokens")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name=name)
-
-
-def bottleneck_layer(model):
-    """The one :class:`TemporalLatentBottleneck` layer of a model made by :func:`build_tlb`."""
-    found = [layer for layer in model.layers if isinstance(layer, TemporalLatentBottleneck)]
-    if len(found) != 1:
-        raise ValueError(
-            f"Expected one TemporalLatentBottleneck layer in {model.name!r}, found {len(found)}: "
-            "pass a model made by build_tlb (the ViT baseline has no slow stream to show)."
-        )
-    return found[0]
+    defaults = {key: p.default for key, p in inspect.signature(build_model).parameters.items() if key != "name"}
+    arguments = {**defaults, **model_args}
+    return build_vit(**{key: value for key, value in arguments.items() if key not in TLB_ARGUMENTS})
 
 
 def visualization_model(model):
@@ -629,55 +570,64 @@ def visualization_model(model):
     Outputs a dict: ``"logits"`` ``(batch, num_classes)`` and ``"slow_stream_attention"``
     ``(batch, num_chunks, num_heads, num_latents, chunk_size)``: for every chunk, how each latent of the
     slow stream spread its attention over that chunk's tokens when it was updated. Nothing is copied or
-    unrolled: these are the RNN's per-step outputs of the very graph that ``fit`` trains.
+    unrolled: these are the RNN's per-step outputs of the very graph that ``fit`` trains. A ValueError for
+    a model without a :class:`TemporalLatentBottleneck` (the ViT baseline has no slow stream to show).
     """
-    bottleneck = bottleneck_layer(model)
-    _, scores = bottleneck.output
-    return keras.Model(
-        model.input,
-        {"logits": model.output, "slow_stream_attention": scores},
-        name=f"{model.name}_visualization",
-    )
+    _, scores = find_layer(model, TemporalLatentBottleneck, BUILDER).output
+    return with_outputs(model, {ATTENTION_OUTPUT: scores})
 
 
-def analyze(viz_model, images, batch_size=256):
-    """Class probabilities and slow-stream attention maps on the patch grid, for ``viz.explore``.
+def chunk_maps(scores):
+    """Slow-stream attention per chunk, placed on the patch grid: a numpy ``(batch, num_chunks, grid, grid)``.
 
-    Each chunk's map is the attention of the slow-stream update over that chunk's tokens, averaged over
-    heads and latents (so it sums to 1 over the chunk) and placed at the chunk's patches on the
-    ``grid x grid`` patch grid; patches outside the chunk are 0.
+    ``scores`` ``(batch, num_chunks, num_heads, num_latents, chunk_size)`` (the visualization model's
+    ``"slow_stream_attention"``) is averaged over heads and latents, so each chunk's map sums to 1, and put
+    at the chunk's patches in raster order; patches outside the chunk are 0.
 
-    Args:
-        viz_model: from :func:`visualization_model`.
-        images: uint8 images ``(batch, 32, 32, 3)`` (or what the model takes).
-
-    Returns:
-        ``(probabilities, maps)``: ``probabilities`` ``(batch, num_classes)``; ``maps`` a dict with
-        ``"slow-stream attention, chunk by chunk"`` ``(batch, num_chunks, grid, grid)`` (a slider over
-        chunks: the image read so far, one chunk at a time) and ``"slow-stream attention, all chunks"``
-        ``(batch, 1, grid, grid)``, the sum of the per-chunk maps: the whole image at the end of the
-        sequence.
+    Example:
+    >>> scores = np.zeros((1, 2, 1, 1, 2))
+    >>> scores[..., 0] = 1.0  # each chunk of two tokens attends to its first token
+    >>> chunk_maps(scores)[0].tolist()
+    [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]]
     """
-    outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
-    logits = np.asarray(outputs["logits"], dtype="float64")
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities = (exp / exp.sum(axis=-1, keepdims=True)).astype("float32")
-    scores = np.asarray(outputs["slow_stream_attention"], dtype="float32")
+    scores = np.asarray(scores, dtype="float32")
     batch, num_chunks, _, _, chunk_size = scores.shape
-    per_token = scores.mean(axis=(2, 3))  # (batch, num_chunks, chunk_size)
     num_patches = num_chunks * chunk_size
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
-        raise ValueError(f"Cannot lay {num_patches} patches on a square grid.")
-    per_chunk = np.zeros((batch, num_chunks, num_patches), dtype="float32")
+        raise ValueError(f"Cannot lay {num_patches} patches ({num_chunks} chunks of {chunk_size}) on a square grid.")
+    per_token = scores.mean(axis=(2, 3))  # (batch, num_chunks, chunk_size)
+    maps = np.zeros((batch, num_chunks, num_patches), dtype="float32")
     for k in range(num_chunks):
-        per_chunk[:, k, k * chunk_size : (k + 1) * chunk_size] = per_token[:, k]
-    per_chunk = per_chunk.reshape(batch, num_chunks, grid, grid)
+        maps[:, k, k * chunk_size : (k + 1) * chunk_size] = per_token[:, k]
+    return maps.reshape(batch, num_chunks, grid, grid)
+
+
+def analyze(model, images, batch_size=128):
+    """Class probabilities and slow-stream attention maps on the patch grid, for ``viz.explore``.
+
+    ``model`` is a :func:`build_model` classifier or, cheaper when called often, its
+    :func:`visualization_model`; ``images`` (uint8 CIFAR images for the course's models) are predicted
+    ``batch_size`` at a time. The :class:`course_utils.analysis.Analysis` it returns holds softmax
+    probabilities ``(batch, num_classes)`` and two unsigned :class:`MapSet` on the ``grid x grid`` patch grid:
+    ``"slow-stream attention, chunk by chunk"`` ``(batch, num_chunks, grid, grid)`` with items ``("chunk 1",
+    ...)`` (see :func:`chunk_maps`: the image read one chunk at a time) and ``"slow-stream attention, all
+    chunks"`` ``(batch, 1, grid, grid)``, their sum: the whole image at the end of the sequence.
+    """
+    outputs = predict_outputs(model, visualization_model, images, batch_size)
+    per_chunk = chunk_maps(outputs[ATTENTION_OUTPUT])
+    description = "the slow stream's attention on a patch when it read the patch's chunk (mean over heads and latents)"
     maps = {
-        "slow-stream attention, chunk by chunk": per_chunk,
-        "slow-stream attention, all chunks": per_chunk.sum(axis=1, keepdims=True),
+        "slow-stream attention, chunk by chunk": MapSet(
+            per_chunk, items=numbered("chunk", per_chunk.shape[1]), signed=False,
+            description=description + "; each chunk's map sums to 1",
+        ),
+        "slow-stream attention, all chunks": MapSet(
+            per_chunk.sum(axis=1, keepdims=True), items=("all chunks",), signed=False,
+            description=description + ", all chunks on one grid",
+        ),
     }
-    return probabilities, maps
+    return analysis(outputs, maps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,7 +644,7 @@ PROFILES = {
         learning_rate=1e-3,
         weight_decay=1e-4,
         model=dict(
-            image_size=32, patch_size=8, embed_dim=32, chunk_size=4, num_latents=4, num_layers=2, r=1,
+            image_size=32, patch_size=8, embed_dim=32, chunk_size=4, num_latents=4, depth=2, r=1,
             num_heads=1,
         ),
         note="a tiny model on 512 images: only checks that the notebook runs end to end",
@@ -709,7 +659,7 @@ PROFILES = {
         weight_decay=1e-4,
         warmup_epochs=0.5,
         model=dict(
-            image_size=32, patch_size=4, embed_dim=64, chunk_size=16, num_latents=8, num_layers=2, r=1,
+            image_size=32, patch_size=4, embed_dim=64, chunk_size=16, num_latents=8, depth=2, r=1,
             num_heads=2,
         ),
         note=(
@@ -728,7 +678,7 @@ PROFILES = {
         weight_decay=1e-4,
         model=dict(
             image_size=48, resize_to=52, patch_size=4, embed_dim=64, chunk_size=8, num_latents=8,
-            num_layers=4, r=2, num_heads=1, mlp_ratio=4, dropout_rate=0.2, attention_dropout=0.2,
+            depth=4, r=2, num_heads=1, mlp_ratio=4, dropout_rate=0.2, attention_dropout=0.2,
         ),
         note=(
             "the reference example's model and schedule length (48 px crops of 52 px, 4 px patches, 18 "

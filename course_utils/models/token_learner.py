@@ -4,25 +4,64 @@ A ViT pays for every token in every block. TokenLearner replaces the ``h * w`` p
 middle of the network by a handful of learned tokens: each learned token is a weighted average of the
 patch features, with weights from a small spatial-attention network. The blocks after it work on
 ``num_tokens`` tokens instead of ``h * w``.
+
+The model is the course's plain ViT (:mod:`course_utils.models.vit`) with a TokenLearner between two runs
+of its blocks, so the two differ in that layer alone. The module follows the course's model-module
+protocol (CONTRIBUTING.md)::
+
+    model = build_model(**profile.model)          # ViT + TokenLearner
+    baseline = build_baseline(**profile.model)    # the same ViT without it
+    viz_model = visualization_model(model)
+    probabilities, maps = analyze(viz_model, images)   # maps: {"token attention": MapSet}
+
+Public names:
+    TokenLearner, TokenLearnerV11                                 layers
+    build_model, build_baseline, visualization_model, analyze     the protocol
+    PROFILES                                                      smoke / workshop / full training profiles
 """
+
+import inspect
 
 import keras
 from keras import layers, ops
 
-from course_utils.augment import preprocessing
-from course_utils.models.blocks import (
-    PatchEmbedding,
-    PositionEmbedding,
-    TransformerBlock,
-)
-from course_utils.validation import (
-    PACKAGE,
-    require_divisible,
-    require_image_shape,
-    require_positive_int,
-    require_rate,
+from course_utils.analysis import MapSet, numbered
+from course_utils.models.blocks import MLP
+from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
+from course_utils.models.vit import (
+    LAYER_NORM_EPSILON,
+    build_vit,
+    check_vit_arguments,
+    classifier_head,
+    patch_tokens,
+    transformer_blocks,
 )
 from course_utils.profiles import Profile
+from course_utils.validation import (
+    PACKAGE,
+    require_choice,
+    require_image_shape,
+    require_positive_int,
+    require_positive_number,
+    require_rate,
+)
+
+BUILDER = "token_learner.build_model()"
+VARIANTS = ("v1.0", "v1.1")
+"""The values of ``build_model(token_learner=...)``: :class:`TokenLearner` and :class:`TokenLearnerV11`."""
+TOKEN_LEARNER_ARGUMENTS = ("token_learner", "num_tokens", "token_learner_after", "bottleneck_dim")
+"""The arguments of :func:`build_model` that the plain ViT of :func:`build_baseline` does not take."""
+ATTENTION_OUTPUT = "token_attention"
+"""The visualization model's output holding the TokenLearner's maps, ``(batch, num_tokens, h, w)``."""
+
+
+def _weighted_sum(attention, features):
+    """Every token's attention-weighted sum of the features over the positions (no mean, no projection).
+
+    Shapes: ``attention`` ``(batch, tokens, h, w)`` and ``features`` ``(batch, h, w, channels)`` ->
+    ``(batch, tokens, channels)``.
+    """
+    return ops.einsum("bthw,bhwc->btc", attention, features)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -34,6 +73,10 @@ class TokenLearner(layers.Layer):
     is the spatial mean of the features weighted by ``a_i``:
     ``z_i = mean_{p} a_i(x)[p] * x[p]``.
 
+    This is the module of the paper (Ryoo et al., arXiv:2106.11297), whose pooling is a spatial mean, as
+    in the keras.io example; the authors' code (``TokenLearnerModule`` in scenic) sums by default, which
+    only scales every token by ``h * w``.
+
     Args:
         num_tokens: how many tokens to learn.
         layer_norm_epsilon: epsilon of the LayerNorm applied before the attention network.
@@ -41,15 +84,20 @@ class TokenLearner(layers.Layer):
     Call returns ``(tokens, attention)``.
     Shapes: ``(batch, h, w, channels)`` -> tokens ``(batch, num_tokens, channels)``,
     attention ``(batch, num_tokens, h, w)``.
+
+    Example:
+    >>> tokens, attention = TokenLearner(num_tokens=4)(keras.ops.ones((2, 8, 8, 16)))
+    >>> tuple(tokens.shape), tuple(attention.shape)
+    ((2, 4, 16), (2, 4, 8, 8))
     """
 
-    def __init__(self, num_tokens=8, layer_norm_epsilon=1e-6, **kwargs):
+    def __init__(self, num_tokens=8, layer_norm_epsilon=LAYER_NORM_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.num_tokens = require_positive_int("num_tokens", num_tokens)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.layer_norm_epsilon = require_positive_number("layer_norm_epsilon", layer_norm_epsilon, example="1e-6")
 
     def build(self, input_shape):
-        require_image_shape("TokenLearner", input_shape)
+        require_image_shape(self.__class__.__name__, input_shape)
         self.norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm")
         self.norm.build(input_shape)
         self.attention_convs = []
@@ -68,10 +116,8 @@ class TokenLearner(layers.Layer):
             maps = conv(maps)
         # (batch, h, w, tokens) -> (batch, tokens, h, w): one map per learned token.
         attention = ops.transpose(maps, (0, 3, 1, 2))
-        tokens = ops.einsum("bthw,bhwc->btc", attention, features) / ops.cast(
-            ops.shape(features)[1] * ops.shape(features)[2], features.dtype
-        )
-        return tokens, attention
+        positions = ops.cast(ops.shape(features)[1] * ops.shape(features)[2], features.dtype)
+        return _weighted_sum(attention, features) / positions, attention
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -84,194 +130,196 @@ class TokenLearner(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TokenLearnerV11(layers.Layer):
-    """TokenLearner v1.1: grouped 1x1 convolutions and a softmax over positions.
+class TokenLearnerV11(TokenLearner):
+    """TokenLearner v1.1: a small MLP scores every position, a softmax over positions makes the maps.
 
-    The authors' later variant for small-data regimes. Attention logits come from a grouped 1x1
-    convolution with GELU followed by a 1x1 convolution to ``num_tokens`` channels; a softmax over the
-    ``h * w`` positions turns each into a distribution. The values are the features after another
-    grouped 1x1 convolution, and each token is the attention-weighted sum of the values.
+    The authors' current revision, as in ``google-research/scenic``, file
+    ``scenic/projects/token_learner/model.py``, class ``TokenLearnerModuleV11`` (read at commit
+    ``03c3032``). Per position ``p`` of the normalised features, an MLP (Dense to ``bottleneck_dim``
+    units, GELU, dropout, Dense to ``num_tokens`` units, dropout) gives one score per learned token; for
+    each token a softmax over the ``h * w`` positions turns its scores into a map ``a_i`` that sums to 1,
+    and the token is the ``a_i``-weighted sum of the *input* features, with no projection of them:
+    ``z_i = sum_p a_i[p] * x[p]``.
 
-    Grouped 1x1 convolutions are written as a batched matrix product over groups, which every backend
-    runs on every device.
+    The paper (Ryoo et al., arXiv:2106.11297 and its NeurIPS 2021 version) describes v1.0 only; we found
+    no version or appendix of it that describes v1.1, so the code is the source. An earlier revision of
+    the same class used two grouped convolutions instead of the MLP (the one the keras.io example
+    quotes); the scenic docstring now says the MLP version works better in general.
+
+    A subclass of :class:`TokenLearner` (same inputs, outputs and output shapes), so code that looks for
+    the TokenLearner of a model finds either variant.
 
     Args:
         num_tokens: how many tokens to learn.
-        num_groups: groups of the grouped convolutions; must divide the channel count.
-        dropout_rate: dropout on the attention network's hidden features.
-        layer_norm_epsilon: epsilon of the LayerNorm before the attention network.
+        bottleneck_dim: hidden units of the MLP that scores the positions.
+        dropout_rate: dropout after each Dense layer of that MLP (on the scores only, never on the
+            features that are summed).
+        layer_norm_epsilon: epsilon of the LayerNorm before the MLP.
 
     Call returns ``(tokens, attention)``.
     Shapes: ``(batch, h, w, channels)`` -> tokens ``(batch, num_tokens, channels)``,
     attention ``(batch, num_tokens, h, w)`` (each map sums to 1).
+
+    Example:
+    >>> tokens, attention = TokenLearnerV11(num_tokens=4, bottleneck_dim=32)(keras.ops.ones((2, 8, 8, 16)))
+    >>> tuple(tokens.shape), tuple(attention.shape)
+    ((2, 4, 16), (2, 4, 8, 8))
     """
 
-    def __init__(self, num_tokens=8, num_groups=4, dropout_rate=0.0, layer_norm_epsilon=1e-6, **kwargs):
-        super().__init__(**kwargs)
-        self.num_tokens = require_positive_int("num_tokens", num_tokens)
-        self.num_groups = require_positive_int("num_groups", num_groups)
+    def __init__(
+        self, num_tokens=8, bottleneck_dim=64, dropout_rate=0.0, layer_norm_epsilon=LAYER_NORM_EPSILON, **kwargs
+    ):
+        super().__init__(num_tokens=num_tokens, layer_norm_epsilon=layer_norm_epsilon, **kwargs)
+        self.bottleneck_dim = require_positive_int("bottleneck_dim", bottleneck_dim)
         self.dropout_rate = require_rate("dropout_rate", dropout_rate)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
 
     def build(self, input_shape):
-        require_image_shape("TokenLearnerV11", input_shape)
-        channels = input_shape[-1]
-        require_divisible("channels", channels, "num_groups", self.num_groups)
-        per_group = channels // self.num_groups
-        grouped_shape = (self.num_groups, per_group, per_group)
+        require_image_shape(self.__class__.__name__, input_shape)
         self.norm = layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="norm")
         self.norm.build(input_shape)
-        self.attention_kernel = self.add_weight(name="attention_kernel", shape=grouped_shape)
-        self.to_tokens = layers.Dense(self.num_tokens, use_bias=False, name="to_tokens")
-        self.to_tokens.build(input_shape)
-        self.value_kernel = self.add_weight(name="value_kernel", shape=grouped_shape)
-        self.dropout = layers.Dropout(self.dropout_rate)
-
-    def _grouped_pointwise(self, x, kernel):
-        batch, height, width, channels = ops.shape(x)
-        grouped = ops.reshape(x, (batch, height, width, self.num_groups, channels // self.num_groups))
-        mixed = ops.einsum("bhwgi,gio->bhwgo", grouped, ops.cast(kernel, x.dtype))
-        return ops.reshape(mixed, (batch, height, width, channels))
+        self.scores = MLP(
+            self.bottleneck_dim, output_units=self.num_tokens, dropout_rate=self.dropout_rate, name="scores"
+        )
+        self.scores.build(input_shape)
 
     def call(self, features, training=None):
-        batch, height, width, _ = ops.shape(features)
-        hidden = ops.gelu(self._grouped_pointwise(self.norm(features), self.attention_kernel))
-        logits = self.to_tokens(self.dropout(hidden, training=training))
-        logits = ops.reshape(ops.transpose(logits, (0, 3, 1, 2)), (batch, self.num_tokens, height * width))
-        attention = ops.reshape(ops.softmax(logits, axis=-1), (batch, self.num_tokens, height, width))
-        values = self._grouped_pointwise(features, self.value_kernel)
-        tokens = ops.einsum("bthw,bhwc->btc", attention, values)
-        return tokens, attention
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        return (batch, self.num_tokens, channels), (batch, self.num_tokens, height, width)
+        shape = ops.shape(features)
+        batch, height, width = shape[0], shape[1], shape[2]
+        scores = self.scores(self.norm(features), training=training)  # (batch, h, w, tokens)
+        # One distribution over the h * w positions per token.
+        weights = ops.softmax(ops.reshape(scores, (batch, height * width, self.num_tokens)), axis=1)
+        attention = ops.transpose(ops.reshape(weights, (batch, height, width, self.num_tokens)), (0, 3, 1, 2))
+        return _weighted_sum(attention, features), attention
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            num_tokens=self.num_tokens,
-            num_groups=self.num_groups,
-            dropout_rate=self.dropout_rate,
-            layer_norm_epsilon=self.layer_norm_epsilon,
-        )
+        config.update(bottleneck_dim=self.bottleneck_dim, dropout_rate=self.dropout_rate)
         return config
 
 
-TOKEN_LEARNER_VARIANTS = {"v1.0": TokenLearner, "v1.1": TokenLearnerV11}
-
-
-def build_vit(
+def build_model(
+    *,
     image_size=32,
-    input_size=32,
-    resize_to=None,
     patch_size=4,
     embed_dim=128,
     depth=4,
     num_heads=4,
     mlp_ratio=2.0,
     dropout_rate=0.1,
-    token_learner=None,
+    attention_dropout=0.1,
+    token_learner="v1.0",
     num_tokens=8,
     token_learner_after=None,
-    num_groups=4,
+    bottleneck_dim=64,
     num_classes=10,
-    name=None,
+    input_size=32,
+    resize_to=None,
+    include_preprocessing=True,
+    name="vit_token_learner",
 ):
-    """A mini ViT for CIFAR-10, with a TokenLearner optionally inserted after some blocks.
+    """A mini ViT for CIFAR-10 with a TokenLearner after some of its blocks: uint8 images -> logits.
 
-    ``uint8 images -> preprocessing -> patch embedding + positions -> blocks -> [TokenLearner] -> blocks
-    -> LayerNorm -> mean over tokens -> Dense logits``.
+    ``uint8 images -> preprocessing -> patch embedding + positions -> blocks -> TokenLearner -> blocks
+    -> LayerNorm -> mean over tokens -> Dense logits``: :func:`course_utils.models.vit.build_vit` with the
+    TokenLearner (layer ``token_learner``, fed the tokens laid back on their ``h x w`` grid) inserted
+    between blocks ``block_<token_learner_after - 1>`` and ``block_<token_learner_after>``.
 
-    Args:
-        image_size: side of the (cropped) image the ViT sees.
-        input_size: side of the uint8 images the model is fed (32 for CIFAR-10).
-        resize_to: resize before the random/centre crop (default: ``image_size + image_size // 8``).
-        patch_size: side of a patch; must divide ``image_size``.
-        embed_dim: token width; ``num_heads`` must divide it.
-        depth: number of Transformer blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
-        dropout_rate: dropout after the embedding, on attention weights and in the MLPs.
-        token_learner: ``None`` (plain ViT), ``"v1.0"`` (sigmoid, 4 convs) or ``"v1.1"`` (grouped, softmax).
+    Args: those of :func:`course_utils.models.vit.build_vit`, with this model's defaults (``dropout_rate``
+    also applies inside the v1.1 TokenLearner's scoring MLP, as in the authors' code), and the
+    TokenLearner's own:
+        token_learner: ``"v1.0"`` (:class:`TokenLearner`: sigmoid maps from 4 convolutions, the paper's) or
+            ``"v1.1"`` (:class:`TokenLearnerV11`: an MLP scores the positions, a softmax over them).
         num_tokens: tokens the TokenLearner learns.
-        token_learner_after: how many blocks run before the TokenLearner (default: ``depth // 2``,
-            the middle, which the paper found works well).
-        num_groups: groups of the v1.1 variant.
-        num_classes: output logits.
+        token_learner_after: how many blocks run before the TokenLearner, from 0 to ``depth`` (default
+            ``depth // 2``, the middle, which the paper found works well).
+        bottleneck_dim: hidden units of the v1.1 TokenLearner's scoring MLP (unused by v1.0).
 
-    Returns:
-        A ``keras.Model`` from uint8 ``(batch, input_size, input_size, 3)`` to logits ``(batch, num_classes)``.
+    Shapes: ``(batch, input_size, input_size, 3)`` uint8 -> ``(batch, num_classes)`` logits.
+
+    Example:
+    >>> model = build_model(image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_tokens=4)
+    >>> model.input_shape, model.output_shape
+    ((None, 32, 32, 3), (None, 10))
+    >>> [tuple(model.get_layer(f"block_{index}").output[0].shape) for index in range(2)]
+    [(None, 16, 16), (None, 4, 16)]
     """
-    require_positive_int("depth", depth)
-    require_divisible("image_size", image_size, "patch_size", patch_size)
-    require_divisible("embed_dim", embed_dim, "num_heads", num_heads)
-    if token_learner is not None and token_learner not in TOKEN_LEARNER_VARIANTS:
-        raise ValueError(
-            f"token_learner must be None or one of {sorted(TOKEN_LEARNER_VARIANTS)}, got {token_learner!r}."
-        )
+    check_vit_arguments(image_size, patch_size, embed_dim, depth, num_heads, num_classes)
+    require_choice("token_learner", token_learner, VARIANTS)
     token_learner_after = depth // 2 if token_learner_after is None else token_learner_after
-    if token_learner is not None and not 0 <= token_learner_after <= depth:
-        raise ValueError(f"token_learner_after={token_learner_after} must be between 0 and depth={depth}.")
-
-    images = keras.Input((input_size, input_size, 3), dtype="uint8", name="images")
-    x = preprocessing(image_size, resize_to=resize_to)(images)
-    grid = PatchEmbedding(patch_size, embed_dim, flatten=False, name="patch_embedding")(x)
-    grid_side = image_size // patch_size
-    tokens = layers.Reshape((grid_side * grid_side, embed_dim), name="flatten_patches")(grid)
-    tokens = PositionEmbedding(name="position_embedding")(tokens)
-    tokens = layers.Dropout(dropout_rate, name="embedding_dropout")(tokens)
-
-    for index in range(depth):
-        if token_learner is not None and index == token_learner_after:
-            tokens = _learn_tokens(tokens, grid_side, embed_dim, token_learner, num_tokens, num_groups, dropout_rate)
-        tokens, _ = TransformerBlock(num_heads, mlp_ratio, dropout_rate, name=f"block_{index}")(tokens)
-    if token_learner is not None and token_learner_after == depth:
-        tokens = _learn_tokens(tokens, grid_side, embed_dim, token_learner, num_tokens, num_groups, dropout_rate)
-
-    tokens = layers.LayerNormalization(epsilon=1e-6, name="final_norm")(tokens)
-    pooled = layers.GlobalAveragePooling1D(name="pool")(tokens)
-    logits = layers.Dense(num_classes, name="logits")(pooled)
-    default_name = "vit_token_learner" if token_learner else "vit"
-    return keras.Model(images, logits, name=name or default_name)
-
-
-def _learn_tokens(tokens, grid_side, embed_dim, variant, num_tokens, num_groups, dropout_rate):
-    grid = layers.Reshape((grid_side, grid_side, embed_dim), name="tokens_to_grid")(tokens)
-    if variant == "v1.0":
+    require_choice("token_learner_after", token_learner_after, range(depth + 1))
+    if token_learner == "v1.0":
         learner = TokenLearner(num_tokens, name="token_learner")
     else:
-        learner = TokenLearnerV11(num_tokens, num_groups=num_groups, dropout_rate=dropout_rate, name="token_learner")
-    learned, _ = learner(grid)
-    return learned
+        learner = TokenLearnerV11(
+            num_tokens, bottleneck_dim=bottleneck_dim, dropout_rate=dropout_rate, name="token_learner"
+        )
+
+    inputs, images = image_input(image_size, input_size, resize_to, include_preprocessing)
+    tokens = patch_tokens(images, patch_size, embed_dim, dropout_rate)
+    blocks = dict(
+        num_heads=num_heads, mlp_ratio=mlp_ratio, dropout_rate=dropout_rate, attention_dropout=attention_dropout
+    )
+    tokens = transformer_blocks(tokens, range(token_learner_after), **blocks)
+    side = image_size // patch_size
+    grid = layers.Reshape((side, side, embed_dim), name="tokens_to_grid")(tokens)
+    tokens, _ = learner(grid)
+    tokens = transformer_blocks(tokens, range(token_learner_after, depth), **blocks)
+    return keras.Model(inputs, classifier_head(tokens, num_classes), name=name)
+
+
+def build_baseline(**model_args):
+    """The plain ViT that :func:`build_model` with the same arguments is built on: no TokenLearner.
+
+    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the TokenLearner's own
+    (:data:`TOKEN_LEARNER_ARGUMENTS`) are dropped and the rest, with :func:`build_model`'s defaults for
+    those not given, go to :func:`course_utils.models.vit.build_vit`. The name defaults to ``"vit"``.
+
+    Example:
+    >>> baseline = build_baseline(image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_tokens=4)
+    >>> baseline.name, [tuple(baseline.get_layer(f"block_{index}").output[0].shape) for index in range(2)]
+    ('vit', [(None, 16, 16), (None, 16, 16)])
+    """
+    defaults = {key: p.default for key, p in inspect.signature(build_model).parameters.items() if key != "name"}
+    arguments = {**defaults, **model_args}
+    return build_vit(**{key: value for key, value in arguments.items() if key not in TOKEN_LEARNER_ARGUMENTS})
 
 
 def visualization_model(model):
     """A model on the same weights whose outputs are the logits and the TokenLearner's maps.
 
-    Outputs ``{"logits": (batch, classes), "token_attention": (batch, num_tokens, h, w)}``.
+    Outputs ``{"logits": (batch, classes), "token_attention": (batch, num_tokens, h, w)}``, for a model made
+    by :func:`build_model` (either variant); a ValueError for a model without a TokenLearner.
     """
-    try:
-        learner = model.get_layer("token_learner")
-    except ValueError:
-        raise ValueError(
-            f"Model {model.name!r} has no TokenLearner to visualize: build it with build_vit(token_learner='v1.0')."
-        ) from None
+    learner = find_layer(model, TokenLearner, BUILDER)
     _, attention = learner.output
-    return keras.Model(model.inputs, {"logits": model.output, "token_attention": attention}, name=f"{model.name}_viz")
+    return with_outputs(model, {ATTENTION_OUTPUT: attention})
 
 
-def analyze(viz_model, images):
-    """Probabilities and token maps for :func:`course_utils.viz.explore`."""
-    # A direct call, not predict(): the explorer sends batches of varying size, which predict would retrace.
-    outputs = viz_model(images, training=False)
-    probabilities = ops.convert_to_numpy(ops.softmax(outputs["logits"], axis=-1))
-    return probabilities, {"token": ops.convert_to_numpy(outputs["token_attention"])}
+def analyze(model, images, batch_size=128):
+    """Probabilities and the TokenLearner's maps for ``images``, what :func:`course_utils.viz.explore` draws.
+
+    ``model`` is a :func:`build_model` classifier or its :func:`visualization_model` (pass the latter when
+    calling often); ``images`` are what it takes, predicted ``batch_size`` at a time. Returns an
+    :class:`course_utils.analysis.Analysis`: softmax probabilities ``(batch, num_classes)`` and one unsigned
+    :class:`MapSet`, ``maps["token attention"]`` ``(batch, num_tokens, h, w)`` on the patch grid, with items
+    ``("token 1", ...)``.
+    """
+    outputs = predict_outputs(model, visualization_model, images, batch_size)
+    attention = outputs[ATTENTION_OUTPUT]
+    maps = {
+        "token attention": MapSet(
+            attention,
+            items=numbered("token", attention.shape[1]),
+            signed=False,
+            description="the weight of each patch in a learned token (v1.0: a sigmoid in [0, 1]; v1.1: a "
+            "softmax over the patches)",
+        )
+    }
+    return analysis(outputs, maps)
 
 
-_EXAMPLE_VIT = dict(
-    image_size=48, resize_to=52, patch_size=6, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, dropout_rate=0.1
-)
+_EXAMPLE_VIT = dict(image_size=48, resize_to=52, patch_size=6, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
+                    dropout_rate=0.1, attention_dropout=0.1)
 
 PROFILES = {
     "smoke": Profile(
@@ -281,7 +329,8 @@ PROFILES = {
         train_samples=512,
         eval_samples=256,
         test_samples=1000,
-        model=dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, dropout_rate=0.0),
+        model=dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, dropout_rate=0.0,
+                   attention_dropout=0.0),
         note="tiny model, 512 images: proves the notebook runs",
     ),
     "workshop": Profile(
@@ -292,7 +341,8 @@ PROFILES = {
         eval_samples=2000,
         learning_rate=2e-3,
         warmup_epochs=1,
-        model=dict(image_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, dropout_rate=0.0),
+        model=dict(image_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, dropout_rate=0.0,
+                   attention_dropout=0.0),
         note="a narrower ViT on 32 px (64 patches), 10,000 images: sized for a 2-core CPU",
     ),
     "full": Profile(
@@ -302,6 +352,15 @@ PROFILES = {
         learning_rate=1e-3,
         weight_decay=1e-4,
         model=_EXAMPLE_VIT,
-        note="the keras.io example: 48 px crops of 52 px, patch 6, width 128, 4 blocks, 8 tokens, batch 256",
+        note=(
+            "the keras.io example's ViT and recipe (48 px crops of 52 px, patch 6, width 128, 4 blocks of 4 heads, "
+            "MLP 256, 8 tokens, dropout 0.1 after the embedding, in the MLPs and on the attention weights, AdamW "
+            "1e-3 / wd 1e-4, batch 256, which fits a 16 GB T4), except: the TokenLearner after block 2 of 4 (the "
+            "example's after block 3); heads of 32 channels that split the width (its are 128 wide each); no "
+            "GELU after the MLP's second layer; cosine decay (its rate is constant); 20 epochs (its code runs 1 "
+            "and its table does not say); the last epoch's weights are tested (it restores the best validation "
+            "epoch); evaluation centre-crops the 52 px resize (it resizes to 48 px); one random crop per image "
+            "(one per batch)"
+        ),
     ),
 }

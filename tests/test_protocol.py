@@ -1,0 +1,78 @@
+"""The model-module protocol (CONTRIBUTING.md), checked the same way for all five modules.
+
+Each module has PROFILES, a keyword-only ``build_model`` with the shared argument names, a
+``visualization_model`` on the same weights and an ``analyze`` that returns an ``Analysis`` of MapSets.
+Every profile's model, ``full`` included, is built and trained for one step on a tiny batch, so the GPU
+configuration cannot rot unseen.
+"""
+
+import inspect
+
+import numpy as np
+import pytest
+from helpers import train_one_step
+
+from course_utils.analysis import Analysis, MapSet
+from course_utils.models import MODEL_MODULES, import_all
+from course_utils.profiles import PROFILE_NAMES
+
+MODULES = import_all()
+SHARED_ARGUMENTS = {"image_size", "input_size", "resize_to", "include_preprocessing", "num_classes", "name"}
+
+
+def uint8_images(count, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("module_name", MODEL_MODULES)
+def test_builder_is_keyword_only_and_takes_the_shared_arguments(module_name):
+    parameters = inspect.signature(MODULES[module_name].build_model).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values()), list(parameters)
+    assert SHARED_ARGUMENTS <= set(parameters), SHARED_ARGUMENTS - set(parameters)
+    assert {"epsilon", "dimensions", "num_layers", "layerscale_value"}.isdisjoint(parameters), "one name per hyperparameter"
+
+
+@pytest.mark.parametrize("profile_name", PROFILE_NAMES)
+@pytest.mark.parametrize("module_name", MODEL_MODULES)
+def test_every_profile_builds_a_logits_model_that_trains_one_step(module_name, profile_name):
+    module = MODULES[module_name]
+    model = module.build_model(**module.PROFILES[profile_name].model)
+    assert model.input_shape == (None, 32, 32, 3) and model.inputs[0].dtype == "uint8"
+    assert model.output_shape == (None, 10)
+    train_one_step(model, batch_size=2)
+
+
+@pytest.mark.parametrize("module_name", MODEL_MODULES)
+def test_analyze_returns_probabilities_and_labelled_maps(module_name):
+    module = MODULES[module_name]
+    model = module.build_model(**module.PROFILES["smoke"].model)
+    images = uint8_images(3)
+    viz_model = module.visualization_model(model)
+    assert set(viz_model.output) > {"logits"}
+    assert len(viz_model.weights) == len(model.weights), "the visualization model must share the weights"
+    result = module.analyze(viz_model, images, batch_size=2)
+    assert isinstance(result, Analysis)
+    probabilities, maps = result
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    logits = np.asarray(model.predict(images, verbose=0))
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), logits.argmax(axis=1))
+    assert maps and all(isinstance(value, MapSet) for value in maps.values())
+    for name, value in maps.items():
+        assert value.batch_size == 3 and len(value.items) == value.values.shape[1], name
+        assert len(set(value.items)) == len(value.items), f"{name}: item labels repeat"
+        assert value.description, f"{name}: say what a value is"
+    # The classifier itself is accepted too and gives the same result.
+    again = module.analyze(model, images)
+    np.testing.assert_allclose(again.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("module_name", MODEL_MODULES)
+def test_builder_takes_other_input_sizes_and_float_images(module_name):
+    module = MODULES[module_name]
+    arguments = dict(module.PROFILES["smoke"].model)
+    bigger = module.build_model(**{**arguments, "input_size": 40})
+    assert bigger.input_shape == (None, 40, 40, 3)
+    without = module.build_model(**{**arguments, "include_preprocessing": False})
+    side = arguments["image_size"]
+    assert without.input_shape == (None, side, side, 3) and without.inputs[0].dtype == "float32"

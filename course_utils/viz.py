@@ -250,19 +250,20 @@ def _static_explorer_figure(batch, probabilities, maps, class_names, labels, ind
 def _static_columns(maps, row):
     """(title, map) of each overlay column for one image: the first map's items and mean, other means.
 
-    A map with a single item is one column titled by that item alone (its mean would repeat it).
+    A map with a single item is one column titled by the map's name (its mean would repeat it, and its
+    item label alone may be the same in several maps, e.g. one modulator norm per stage).
     """
     names = list(maps)
     first = maps[names[0]]
     values = first.values[row]
     if len(values) == 1:
-        columns = [(first.items[0], values[0])]
+        columns = [(names[0], values[0])]
     else:
         columns = [(first.items[k], values[k]) for k in range(min(len(values), MAX_STATIC_ITEMS))]
         columns.append((f"{names[0]} mean", values.mean(axis=0)))
     for name in names[1:]:
         other = maps[name]
-        heading = other.items[0] if len(other.items) == 1 else f"{name} mean"
+        heading = name if len(other.items) == 1 else f"{name} mean"
         columns.append((heading, other.values[row].mean(axis=0)))
     return columns
 

@@ -355,7 +355,7 @@ def test_static_figure_titles_columns_with_map_set_items():
     analyze = MapSetAnalyze({"attention": (2, 4, 4), "summary": (1, 4, 4)})
     fig = viz.explore(analyze, make_images(1), static=True)
     titles = [ax.get_title() for ax in fig.axes[1:]]
-    assert titles == ["head 1", "head 2", "attention mean", "all chunks"]
+    assert titles == ["head 1", "head 2", "attention mean", "summary"]
 
 
 def test_analyze_must_return_one_map_per_image():

@@ -55,6 +55,7 @@ from course_utils.models.common import (
     predict_outputs,
     with_outputs,
 )
+from course_utils.models.vit import check_vit_arguments
 from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
@@ -432,13 +433,10 @@ def build_model(
     >>> model.input_shape, model.output_shape
     ((None, 32, 32, 3), (None, 10))
     """
-    for argument, value in (("num_classes", num_classes), ("depth", depth), ("image_size", image_size)):
-        require_positive_int(argument, value)
     require_choice("qkv_bias", qkv_bias, (True,))
     # Construct the layers first, so that a bad argument fails here and not halfway through the graph.
-    stem = ConvStem(embed_dim, patch_size, name="stem")
-    require_divisible("image_size", image_size, "patch_size", patch_size)
-    require_heads_divide(embed_dim, num_heads)
+    stem = ConvStem(embed_dim, patch_size, name="stem")  # a power-of-two patch and a width it can halve
+    check_vit_arguments(image_size, patch_size, embed_dim, depth, num_heads, num_classes)
     blocks = [
         TrunkBlock(
             layer_scale_init=layer_scale_init,
@@ -742,7 +740,11 @@ PROFILES = {
         weight_decay=1e-4,
         warmup_epochs=1.0,
         model=dict(embed_dim=64, depth=2, num_heads=1, patch_size=4, image_size=32, resize_to=36),
-        note="WORKSHOP_NOTE",
+        note=(
+            "width 64 on 32 px crops (an 8x8 map, one patch per 4x4 input pixels), 10,000 images x 8 epochs: "
+            "95-115 s of training measured on a busy shared 2-core CPU, below the about 140 s the example's "
+            "block took at this size (its full 3x3 convolution costs more than the depth-wise one)"
+        ),
     ),
     "full": Profile(
         name="full",

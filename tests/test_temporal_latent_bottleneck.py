@@ -371,6 +371,30 @@ def test_baseline_takes_the_tlb_defaults_for_arguments_not_given():
 # ------------------------------------------------------------------------------------------------
 # Profiles
 # ------------------------------------------------------------------------------------------------
+def test_the_full_profile_is_the_keras_io_example_and_its_note_names_every_change():
+    profile = tlb.PROFILES["full"]
+    assert (profile.epochs, profile.train_samples, profile.weight_decay) == (30, None, 1e-4)
+    # The example's batch of 2048 at 1e-4, halved together.
+    assert (profile.batch_size, profile.learning_rate) == (1024, 5e-5)
+    model = profile.model
+    assert (model["image_size"], model["resize_to"], model["patch_size"], model["chunk_size"]) == (48, 52, 4, 8)
+    assert (model["depth"], model["r"], model["embed_dim"], model["num_heads"]) == (4, 2, 64, 1)
+    assert (model["dropout_rate"], model["attention_dropout"]) == (0.2, 0.2)
+    assert model["num_latents"] == model["chunk_size"], "as many latents as the example's state holds"
+    for words in ("2048", "1e-4", "float16", "T4", "cosine", "constant", "final slow stream",
+                  "last chunk's fast stream", "learned vectors", "zeros", "6 self-attention", "LayerNorm",
+                  "centre-crops", "reshuffled", "validation"):
+        assert words in profile.note, words
+    assert "accuracy" in profile.note and "%" not in profile.note  # says what is reported, never a number
+    built = tlb.build_model(**model)
+    cell = built.get_layer("temporal_latent_bottleneck").cell
+    assert (len(cell.self_attention), len(cell.cross_attention)) == (4, 2)
+    bottleneck = built.get_layer("temporal_latent_bottleneck")
+    assert bottleneck.initial_latents.shape == (8, 64)
+    # The classifier's LayerNorm reads the bottleneck's first output, the final slow stream.
+    assert built.get_layer("final_norm").input is bottleneck.output[0]
+
+
 @pytest.mark.parametrize("name", ["smoke", "workshop", "full"])
 def test_profile_builds_and_trains_one_step(name):
     profile = tlb.PROFILES[name]

@@ -141,10 +141,11 @@ class TokenLearnerV11(TokenLearner):
     and the token is the ``a_i``-weighted sum of the *input* features, with no projection of them:
     ``z_i = sum_p a_i[p] * x[p]``.
 
-    The paper (Ryoo et al., arXiv:2106.11297 and its NeurIPS 2021 version) describes v1.0 only; we found
-    no version or appendix of it that describes v1.1, so the code is the source. An earlier revision of
-    the same class used two grouped convolutions instead of the MLP (the one the keras.io example
-    quotes); the scenic docstring now says the MLP version works better in general.
+    The paper (Ryoo et al., arXiv:2106.11297, NeurIPS 2021) describes v1.0; we did not find v1.1 in it,
+    so the code is the source here. An earlier revision of that code used two grouped convolutions where
+    the MLP now is (the revision the keras.io example quotes); the class's docstring now reports that the
+    MLP version works better in general. One small departure: Keras's GELU here is the exact one, where
+    Flax's default is its tanh approximation.
 
     A subclass of :class:`TokenLearner` (same inputs, outputs and output shapes), so code that looks for
     the TokenLearner of a model finds either variant.
@@ -355,8 +356,8 @@ PROFILES = {
         note=(
             "the keras.io example's ViT and recipe (48 px crops of 52 px, patch 6, width 128, 4 blocks of 4 heads, "
             "MLP 256, 8 tokens, dropout 0.1 after the embedding, in the MLPs and on the attention weights, AdamW "
-            "1e-3 / wd 1e-4, batch 256, which fits a 16 GB T4), except: the TokenLearner after block 2 of 4 (the "
-            "example's after block 3); heads of 32 channels that split the width (its are 128 wide each); no "
+            "1e-3 / wd 1e-4, batch 256, which fits a 16 GB T4), except: the TokenLearner after the second of 4 "
+            "blocks (the example's after the third); heads of 32 channels that split the width (its are 128 each); no "
             "GELU after the MLP's second layer; cosine decay (its rate is constant); 20 epochs (its code runs 1 "
             "and its table does not say); the last epoch's weights are tested (it restores the best validation "
             "epoch); evaluation centre-crops the 52 px resize (it resizes to 48 px); one random crop per image "

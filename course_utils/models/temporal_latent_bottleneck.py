@@ -30,7 +30,6 @@ Public names:
     PROFILES                                                                    smoke / workshop / full profiles
 """
 
-import inspect
 import math
 
 import keras
@@ -40,7 +39,7 @@ from keras import layers, ops
 from course_utils.analysis import MapSet, numbered
 from course_utils.models.blocks import MLP, DotProductAttention, PatchEmbedding, PositionEmbedding
 from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
-from course_utils.models.vit import build_vit, check_vit_arguments
+from course_utils.models.vit import build_vit_like, check_vit_arguments
 from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
@@ -52,7 +51,6 @@ from course_utils.validation import (
 
 BUILDER = "temporal_latent_bottleneck.build_model()"
 LAYER_NORM_EPSILON = 1e-5
-TLB_ARGUMENTS = ("chunk_size", "num_latents", "r")
 """The arguments of :func:`build_model` that the plain ViT of :func:`build_baseline` does not take."""
 ATTENTION_OUTPUT = "slow_stream_attention"
 """The visualization model's output: ``(batch, num_chunks, num_heads, num_latents, chunk_size)``."""
@@ -549,8 +547,8 @@ def build_model(
 def build_baseline(**model_args):
     """The course's plain ViT with the width, depth, heads, MLP ratio, patches and images of :func:`build_model`.
 
-    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the bottleneck's own
-    (:data:`TLB_ARGUMENTS`: chunks, latents, ``r``) are dropped and the rest, with :func:`build_model`'s
+    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the bottleneck's own (chunks,
+    latents, ``r``) are dropped and the rest, with :func:`build_model`'s
     defaults for those not given (``num_heads=1``, ``mlp_ratio=4``, ...), go to
     :func:`course_utils.models.vit.build_vit`: ``depth`` Transformer blocks over *all* the patch tokens at
     once, no chunks and no slow stream. The name defaults to ``"vit"``.
@@ -560,9 +558,7 @@ def build_baseline(**model_args):
     >>> baseline.name, tuple(baseline.get_layer("block_0").output[0].shape)
     ('vit', (None, 16, 8))
     """
-    defaults = {key: p.default for key, p in inspect.signature(build_model).parameters.items() if key != "name"}
-    arguments = {**defaults, **model_args}
-    return build_vit(**{key: value for key, value in arguments.items() if key not in TLB_ARGUMENTS})
+    return build_vit_like(build_model, model_args)
 
 
 def visualization_model(model):

@@ -20,7 +20,6 @@ Public names:
     PROFILES                                                      smoke / workshop / full training profiles
 """
 
-import inspect
 
 import keras
 from keras import layers, ops
@@ -30,7 +29,7 @@ from course_utils.models.blocks import MLP
 from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
 from course_utils.models.vit import (
     LAYER_NORM_EPSILON,
-    build_vit,
+    build_vit_like,
     check_vit_arguments,
     classifier_head,
     patch_tokens,
@@ -49,7 +48,6 @@ from course_utils.validation import (
 BUILDER = "token_learner.build_model()"
 VARIANTS = ("v1.0", "v1.1")
 """The values of ``build_model(token_learner=...)``: :class:`TokenLearner` and :class:`TokenLearnerV11`."""
-TOKEN_LEARNER_ARGUMENTS = ("token_learner", "num_tokens", "token_learner_after", "bottleneck_dim")
 """The arguments of :func:`build_model` that the plain ViT of :func:`build_baseline` does not take."""
 ATTENTION_OUTPUT = "token_attention"
 """The visualization model's output holding the TokenLearner's maps, ``(batch, num_tokens, h, w)``."""
@@ -271,18 +269,17 @@ def build_model(
 def build_baseline(**model_args):
     """The plain ViT that :func:`build_model` with the same arguments is built on: no TokenLearner.
 
-    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the TokenLearner's own
-    (:data:`TOKEN_LEARNER_ARGUMENTS`) are dropped and the rest, with :func:`build_model`'s defaults for
-    those not given, go to :func:`course_utils.models.vit.build_vit`. The name defaults to ``"vit"``.
+    ``model_args`` are :func:`build_model`'s (a profile's ``model``); the TokenLearner's own (variant,
+    tokens, placement, bottleneck) are dropped and the rest, with :func:`build_model`'s defaults for those
+    not given, go to :func:`course_utils.models.vit.build_vit` (through
+    :func:`course_utils.models.vit.build_vit_like`). The name defaults to ``"vit"``.
 
     Example:
     >>> baseline = build_baseline(image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_tokens=4)
     >>> baseline.name, [tuple(baseline.get_layer(f"block_{index}").output[0].shape) for index in range(2)]
     ('vit', [(None, 16, 16), (None, 16, 16)])
     """
-    defaults = {key: p.default for key, p in inspect.signature(build_model).parameters.items() if key != "name"}
-    arguments = {**defaults, **model_args}
-    return build_vit(**{key: value for key, value in arguments.items() if key not in TOKEN_LEARNER_ARGUMENTS})
+    return build_vit_like(build_model, model_args)
 
 
 def visualization_model(model):

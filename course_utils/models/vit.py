@@ -6,6 +6,8 @@ same three pieces (:func:`patch_tokens`, :func:`transformer_blocks`, :func:`clas
 TokenLearner between two runs of blocks, so "ViT" and "ViT + TokenLearner" differ in that layer alone.
 """
 
+import inspect
+
 import keras
 from keras import layers
 
@@ -102,3 +104,26 @@ def build_vit(
     tokens = patch_tokens(images, patch_size, embed_dim, dropout_rate)
     tokens = transformer_blocks(tokens, range(depth), num_heads, mlp_ratio, dropout_rate, attention_dropout)
     return keras.Model(inputs, classifier_head(tokens, num_classes), name=name)
+
+
+def build_vit_like(builder, model_args, **overrides):
+    """The plain ViT sized like ``builder(**model_args)``: the baseline a notebook compares a model with.
+
+    ``model_args`` are ``builder``'s arguments (a profile's ``model``); with ``builder``'s defaults for the
+    ones not given, every argument that :func:`build_vit` also takes is passed on (the same image sizes,
+    patches, width, depth, heads, MLP ratio and dropout), the model's own ones (tokens, chunks, ...) are
+    left out, and ``overrides`` set what has no counterpart under the same name. An argument ``builder``
+    does not take is a TypeError. The model is named ``"vit"`` unless ``model_args`` names it.
+
+    Example:
+    >>> def build_model(*, embed_dim=32, depth=2, num_tokens=8, name="with_tokens"):
+    ...     pass
+    >>> baseline = build_vit_like(build_model, {"depth": 1}, image_size=16, num_heads=2)
+    >>> baseline.name, len([layer for layer in baseline.layers if isinstance(layer, TransformerBlock)])
+    ('vit', 1)
+    """
+    bound = inspect.signature(builder).bind(**model_args)
+    bound.apply_defaults()
+    shared = set(inspect.signature(build_vit).parameters) - {"name"}
+    arguments = {key: value for key, value in bound.arguments.items() if key in shared}
+    return build_vit(**{**arguments, **overrides, "name": model_args.get("name", "vit")})

@@ -58,6 +58,83 @@ def test_talking_head_attention_with_identity_mixing_is_multi_head_attention():
     np.testing.assert_allclose(_numpy(outputs), expected, atol=1e-5)
 
 
+def _head_mix(scores, dense):
+    """numpy: a Dense layer (kernel ``(heads, heads)``, bias) applied across the head axis of ``scores``."""
+    return np.einsum("bhqk,hg->bgqk", scores, _numpy(dense.kernel)) + _numpy(dense.bias)[None, :, None, None]
+
+
+def _talking_heads_reference(layer, x):
+    """numpy: a TalkingHeadAttention's weights, outputs and unmixed logits for ``x``, from its own weights."""
+    batch, tokens, channels = x.shape
+    heads = layer.num_heads
+    qkv = x @ _numpy(layer.qkv.kernel) + _numpy(layer.qkv.bias)
+    split = lambda t: t.reshape(batch, tokens, heads, channels // heads).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = (split(t) for t in np.split(qkv, 3, axis=-1))
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(channels // heads)
+    weights = _head_mix(_softmax(_head_mix(logits, layer.pre_softmax_mix)), layer.post_softmax_mix)
+    merged = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, channels)
+    return weights, merged @ _numpy(layer.projection.kernel) + _numpy(layer.projection.bias), logits
+
+
+def _set_mix(dense, kernel, bias=None):
+    dense.kernel.assign(np.asarray(kernel, "float32"))
+    dense.bias.assign(np.zeros(len(kernel), "float32") if bias is None else np.asarray(bias, "float32"))
+
+
+def _talking_heads_layer(x, seed=0):
+    """A built TalkingHeadAttention (3 heads) whose query/key/value kernel is at a trained scale, so that
+    its attention rows are far from uniform (timm's 0.02 initialisation leaves them nearly flat)."""
+    layer = cait.TalkingHeadAttention(num_heads=3)
+    layer(x)
+    channels = x.shape[-1]
+    kernel = np.random.default_rng(seed).normal(size=(channels, 3 * channels)) / np.sqrt(channels)
+    layer.qkv.kernel.assign(kernel.astype("float32"))
+    return layer
+
+
+# Head g of the mixed scores takes head SOURCE[g] of the unmixed ones (Dense kernel[SOURCE[g], g] = 1).
+SOURCE = np.array([2, 0, 1])
+
+
+@pytest.mark.parametrize("mixer", ["pre_softmax_mix", "post_softmax_mix"])
+def test_talking_head_mix_permutes_the_heads(mixer):
+    """A permutation in one mixer (the other the identity) hands each head the attention of another head."""
+    x = random_inputs((2, 5, 12))
+    layer = _talking_heads_layer(x)
+    permutation = np.zeros((3, 3), "float32")
+    permutation[SOURCE, np.arange(3)] = 1.0
+    other = "post_softmax_mix" if mixer == "pre_softmax_mix" else "pre_softmax_mix"
+    _set_mix(getattr(layer, mixer), permutation)
+    _set_mix(getattr(layer, other), np.eye(3))
+    outputs, weights = layer(x)
+    expected_weights, expected_outputs, logits = _talking_heads_reference(layer, x)
+    plain = _softmax(logits)
+    # Softmax commutes with a permutation of the heads, so either mixer moves head SOURCE[g]'s plain
+    # attention to head g; the unmixed attention differs from that.
+    np.testing.assert_allclose(expected_weights, plain[:, SOURCE], atol=1e-6)
+    assert np.abs(plain[:, SOURCE] - plain).max() > 0.05
+    np.testing.assert_allclose(_numpy(weights), plain[:, SOURCE], atol=1e-5)
+    np.testing.assert_allclose(_numpy(outputs), expected_outputs, atol=1e-5)
+
+
+def test_talking_head_attention_matches_a_numpy_reference_with_general_mixers():
+    """Dense, non-symmetric mixers with biases: the pre-softmax one reshapes each head's softmax, the
+    post-softmax one mixes the weights; leaving either out changes the weights well beyond the tolerance."""
+    x = random_inputs((2, 6, 12))
+    layer = _talking_heads_layer(x, seed=1)
+    rng = np.random.default_rng(3)
+    _set_mix(layer.pre_softmax_mix, 2.0 * rng.normal(size=(3, 3)), rng.normal(size=3))
+    _set_mix(layer.post_softmax_mix, rng.normal(size=(3, 3)), 0.1 * rng.normal(size=3))
+    outputs, weights = layer(x)
+    expected_weights, expected_outputs, logits = _talking_heads_reference(layer, x)
+    np.testing.assert_allclose(_numpy(weights), expected_weights, atol=1e-5)
+    np.testing.assert_allclose(_numpy(outputs), expected_outputs, atol=1e-5)
+    without_pre = _head_mix(_softmax(logits), layer.post_softmax_mix)
+    without_post = _softmax(_head_mix(logits, layer.pre_softmax_mix))
+    assert np.abs(without_pre - expected_weights).max() > 0.05
+    assert np.abs(without_post - expected_weights).max() > 0.05
+
+
 def test_talking_head_mixing_changes_the_attention():
     layer = cait.TalkingHeadAttention(num_heads=2)
     x = random_inputs((2, 5, 8))
@@ -121,6 +198,23 @@ def test_class_attention_block(tmp_path):
     np.testing.assert_array_equal(_numpy(outputs)[:, 1:], x[:, 1:])  # the patches pass through
     assert np.abs(_numpy(outputs)[:, 0] - x[:, 0]).max() > 1e-3  # the class token is updated
     np.testing.assert_allclose(_numpy(weights).sum(axis=-1), 1.0, atol=1e-5)
+
+
+def test_class_attention_blocks_use_no_dropout_as_in_timm():
+    """Dropout and stochastic depth reach the patch stage only; the class stage is deterministic in training."""
+    model = cait.build_model(**TINY, dropout_rate=0.5, attention_dropout=0.5, drop_path_rate=0.5)
+    patch_block = model.get_layer("self_attention_block_1")
+    assert (patch_block.dropout_rate, patch_block.attention_dropout, patch_block.drop_path_rate) == (0.5, 0.5, 0.5)
+    tokens = random_inputs((2, 1 + 16, TINY["embed_dim"]))
+    for i in range(1, TINY["class_attention_depth"] + 1):
+        block = model.get_layer(f"class_attention_block_{i}")
+        assert (block.dropout_rate, block.attention_dropout, block.drop_path_rate) == (0.0, 0.0, 0.0)
+        inference = _numpy(block(tokens, training=False)[0])
+        for _ in range(2):
+            np.testing.assert_array_equal(_numpy(block(tokens, training=True)[0]), inference)
+    # The same comparison sees the patch stage's dropout.
+    patches = tokens[:, 1:]
+    assert not np.allclose(_numpy(patch_block(patches, training=True)[0]), _numpy(patch_block(patches)[0]))
 
 
 def test_class_token(tmp_path):
@@ -381,8 +475,15 @@ def _cover_all_but_the_class_token(state, monkeypatch):
         (lambda state, _: state.update({"head.weight": np.zeros((1000, 16), "float32")}),
          "shape mismatches (timm -> converted vs Keras) (1): head.weight (1000, 16) -> (16, 1000) vs (16, 10)"),
         (_cover_all_but_the_class_token, "model weights the key map does not cover (1): class_token/token"),
+        # A convolution kernel with an axis too few: the transform cannot take it (numpy: "axes don't match
+        # array"); it is reported with the others instead of escaping as numpy's error.
+        (lambda state, _: state.update({"patch_embed.proj.weight": np.zeros((16, 3, 8), "float32")}),
+         "shape mismatches (timm -> converted vs Keras) (1): patch_embed.proj.weight (16, 3, 8) -> not "
+         "convertible by conv"),
+        (lambda state, _: state.update({"head.weight": np.float32(0.0)}),
+         "shape mismatches (timm -> converted vs Keras) (1): head.weight () -> not convertible by linear"),
     ],
-    ids=["missing", "unused", "mis-shaped", "uncovered"],
+    ids=["missing", "unused", "mis-shaped", "uncovered", "conv-axes", "linear-scalar"],
 )
 def test_load_timm_weights_rejects_every_problem_and_leaves_the_model_untouched(spoil, expected, monkeypatch):
     model = cait.build_model(**TINY, include_preprocessing=False)

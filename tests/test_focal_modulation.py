@@ -429,8 +429,13 @@ def _cover_all_but_the_head_bias(state, monkeypatch):
         (lambda state, _: state.update({"head.fc.weight": np.zeros((7, 16), "float32")}),
          "shape mismatches (timm -> converted vs Keras) (1): head.fc.weight (7, 16) -> (16, 7) vs (16, 10)"),
         (_cover_all_but_the_head_bias, "model weights the key map does not cover (1): head/bias"),
+        # A depth-wise kernel without its axis of 1: reported as a mismatch, not raised as numpy's error.
+        (lambda state, _: state.update({"layers.0.blocks.0.modulation.focal_layers.0.0.weight":
+                                        np.zeros((8, 3, 3), "float32")}),
+         "shape mismatches (timm -> converted vs Keras) (1): layers.0.blocks.0.modulation.focal_layers.0.0.weight "
+         "(8, 3, 3) -> not convertible by depthwise"),
     ],
-    ids=["missing", "unused", "mis-shaped", "uncovered"],
+    ids=["missing", "unused", "mis-shaped", "uncovered", "depthwise-axes"],
 )
 def test_timm_converter_rejects_every_problem_and_leaves_the_model_untouched(spoil, expected, monkeypatch):
     model = fm.build_model(**TINY, include_preprocessing=False)

@@ -516,8 +516,9 @@ def build_model(
             for the LayerScale experiment.
         layer_scale_init: initial LayerScale value; ``None`` picks the paper's value for ``depth``
             (:func:`paper_layer_scale_init`: 0.1 up to 18 blocks, 1e-5 up to 24, 1e-6 beyond).
-        dropout_rate: dropout after the position embedding, attention projections and in the MLPs.
-        attention_dropout: dropout on attention weights.
+        dropout_rate: dropout after the position embedding, and after the attention projections and in
+            the MLPs of the self-attention blocks (the class-attention blocks use none, as in timm).
+        attention_dropout: dropout on the attention weights of the self-attention blocks.
         drop_path_rate: stochastic-depth rate of every self-attention block (the same for all, as in
             CaiT; the class-attention blocks use none).
         layer_norm_epsilon: epsilon of every LayerNorm (1e-6 as in timm).
@@ -557,8 +558,10 @@ def build_model(
         SelfAttentionBlock(drop_path_rate=drop_path_rate, name=f"self_attention_block_{i + 1}", **block_kwargs)
         for i in range(depth)
     ]
+    # As in timm, the class-attention blocks use no dropout and no stochastic depth (drop_path_rate stays 0).
+    class_kwargs = {**block_kwargs, "dropout_rate": 0.0, "attention_dropout": 0.0}
     class_blocks = [
-        ClassAttentionBlock(name=f"{VIZ_PREFIX}{i + 1}", **block_kwargs) for i in range(class_attention_depth)
+        ClassAttentionBlock(name=f"{VIZ_PREFIX}{i + 1}", **class_kwargs) for i in range(class_attention_depth)
     ]
 
     inputs, images = image_input(image_size, input_size, resize_to, include_preprocessing)
@@ -786,11 +789,14 @@ PROFILES = {
         weight_decay=0.05,
         warmup_epochs=5,
         model=CAIT_XXS24_CIFAR,
-        note="cait_xxs24's widths and depths (192 wide, 24 + 2 blocks) on 32 px CIFAR with 4 px patches. The "
-        "example trains nothing, so the recipe is ours: AdamW, weight decay 0.05 and stochastic depth 0.05 "
-        "as in the paper, 5 warmup epochs, peak 1e-3 at batch 128 (about 4.5 GB of activations, well "
-        "within a 16 GB T4); 40 epochs is about an hour on a T4 (estimated from the ~4.3 GFLOPs per "
-        "training image, not measured)",
+        note="the example's cait_xxs24_224 widths and depths (192 wide, 24 + 2 blocks, 4 heads, LayerScale 1e-5) "
+        "on 32 px CIFAR-10 in 4 px patches (64 tokens instead of 196 at 224 px) with a 10-class head. The "
+        "example trains nothing (it runs ported ImageNet weights), so the recipe is ours: AdamW, weight decay "
+        "0.05 and stochastic depth 0.05 as in the paper, 5 warmup epochs, peak 1e-3 at batch 128 (about 4.5 "
+        "GB of activations, well within a 16 GB T4), random crops and flips only, pixels scaled to [0, 1] "
+        "instead of ImageNet-normalised, timm's initialisation. The MLPs use timm's exact GELU (the example's "
+        "ops.gelu is the tanh approximation), and the class-attention blocks no dropout, as in timm. 40 epochs "
+        "is about an hour on a T4 (estimated from the ~4.3 GFLOPs per training image, not measured)",
     ),
 }
 
@@ -833,6 +839,6 @@ LAYER_SCALE_PROFILES = {
         warmup_epochs=1,
         model={**CAIT_XXS24_CIFAR, "drop_path_rate": 0.0},
         note="the full profile's 24 + 2 block model for 10 epochs, trained twice (about 15 minutes each on a "
-        "T4, estimated)",
+        "T4, estimated), without stochastic depth; the example has no such experiment (it trains nothing)",
     ),
 }

@@ -46,7 +46,8 @@ def load_state_dict(model, state_dict, plan, how_to_fix):
 
     Every check runs before the first assignment: every trainable variable of ``model`` must appear in
     the plan, every plan key in ``state_dict`` and every ``state_dict`` key in the plan, with matching
-    shapes after the transform. Otherwise a ValueError lists all the problems, followed by ``how_to_fix``
+    shapes after the transform (an array the transform cannot take, say a 3-D one for ``conv``, counts as
+    a shape mismatch). Otherwise a ValueError lists all the problems, followed by ``how_to_fix``
     (which configuration the model must be built with), and ``model`` is left untouched.
 
     Returns ``model``.
@@ -60,7 +61,14 @@ def load_state_dict(model, state_dict, plan, how_to_fix):
     for key, variable, transform in plan:
         if key not in arrays:
             continue
-        value = transform(arrays[key])
+        try:
+            value = transform(arrays[key])
+        except (ValueError, IndexError) as error:  # numpy on a wrong number of axes: "axes don't match array"
+            mismatched.append(
+                f"{key} {tuple(arrays[key].shape)} -> not convertible by {transform.__name__} ({error}) "
+                f"vs {tuple(variable.shape)}"
+            )
+            continue
         if tuple(value.shape) != tuple(variable.shape):
             mismatched.append(f"{key} {tuple(arrays[key].shape)} -> {tuple(value.shape)} vs {tuple(variable.shape)}")
         converted.append((variable, value))

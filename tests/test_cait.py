@@ -518,13 +518,6 @@ def test_profiles_are_complete():
         assert "use_layer_scale" not in profile.model  # the experiment sets it both ways
 
 
-@pytest.mark.parametrize("name", ["smoke", "workshop", "full"])
-def test_profile_model_trains_one_step(name):
-    model = cait.build_model(**cait.PROFILES[name].model)
-    assert model.output_shape == (None, 10)
-    train_one_step(model, batch_size=2)
-
-
 def test_layer_scale_experiment_model_trains_one_step_without_layer_scale():
     model = cait.build_model(**cait.LAYER_SCALE_PROFILES["smoke"].model, use_layer_scale=False)
     assert not [w for w in model.weights if "layer_scale" in w.path]

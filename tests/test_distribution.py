@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from course_utils import distribute, profiles, training
+from course_utils import distribute, profiles
 
 CHILD = textwrap.dedent(
     r'''

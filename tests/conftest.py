@@ -5,8 +5,10 @@ os.environ.setdefault("COURSE_UTILS_STATIC", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-# The longest tests first, so that `pytest -n 2` starts them at once and the short ones fill the gaps,
-# instead of one worker finishing alone with a long test at the end.
+# The longest tests first, so that `pytest -n 2 --dist worksteal` starts them at once and the short ones
+# fill the gaps, instead of one worker finishing alone with a long test at the end. (With plain
+# `--dist load`, xdist hands each worker a fixed share of the first tests, long ones included, and an idle
+# worker cannot take them over: measured, one worker then ran the notebooks alone for the last minutes.)
 LONGEST_FIRST = (
     "test_backends.py::test_layer_and_model_tests_pass_on",
     "test_notebooks.py::test_notebook_passes_nbval",

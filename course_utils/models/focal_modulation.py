@@ -24,7 +24,6 @@ of levels (``normalize_modulator``), LayerScale (``layer_scale_init``, timm's ``
 overlapping convolutions for the stem and the downsampling layers (``use_overlap_down``).
 """
 
-import inspect
 import re
 
 import keras
@@ -35,7 +34,7 @@ from course_utils.analysis import MapSet, numbered
 from course_utils.models import timm_weights
 from course_utils.models.blocks import MLP, LayerScale, PatchEmbedding, StochasticDepth
 from course_utils.models.common import analysis, find_layers, image_input, predict_outputs, with_outputs
-from course_utils.models.vit import build_vit
+from course_utils.models.vit import builder_arguments, build_vit_like
 from course_utils.profiles import Profile
 from course_utils.validation import (
     PACKAGE,
@@ -608,24 +607,9 @@ def build_baseline(*, num_heads=BASELINE_HEADS, **arguments):
     >>> vit.output_shape, len(vit.get_layer("block_1").weights) > 0
     ((None, 10), True)
     """
-    bound = inspect.signature(build_model).bind(**arguments)  # a TypeError names an unknown argument
-    bound.apply_defaults()
-    config = bound.arguments
+    config = builder_arguments(build_model, arguments)  # a TypeError names an unknown argument
     width = config["embed_dim"][0] if isinstance(config["embed_dim"], (list, tuple)) else config["embed_dim"]
-    return build_vit(
-        image_size=config["image_size"],
-        input_size=config["input_size"],
-        resize_to=config["resize_to"],
-        include_preprocessing=config["include_preprocessing"],
-        patch_size=config["patch_size"],
-        embed_dim=width,
-        depth=sum(config["depths"]),
-        num_heads=num_heads,
-        mlp_ratio=config["mlp_ratio"],
-        dropout_rate=config["dropout_rate"],
-        num_classes=config["num_classes"],
-        name=arguments.get("name", "vit"),
-    )
+    return build_vit_like(build_model, arguments, embed_dim=width, depth=sum(config["depths"]), num_heads=num_heads)
 
 
 # --------------------------------------------------------------------------------------------

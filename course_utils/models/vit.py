@@ -106,6 +106,22 @@ def build_vit(
     return keras.Model(inputs, classifier_head(tokens, num_classes), name=name)
 
 
+def builder_arguments(builder, model_args):
+    """``builder``'s arguments as ``builder(**model_args)`` would see them, defaults filled in.
+
+    An argument ``builder`` does not take is a TypeError that names it.
+
+    Example:
+    >>> def build_model(*, width=32, depth=2):
+    ...     pass
+    >>> builder_arguments(build_model, {"depth": 4})
+    {'width': 32, 'depth': 4}
+    """
+    bound = inspect.signature(builder).bind(**model_args)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
 def build_vit_like(builder, model_args, **overrides):
     """The plain ViT sized like ``builder(**model_args)``: the baseline a notebook compares a model with.
 
@@ -122,8 +138,6 @@ def build_vit_like(builder, model_args, **overrides):
     >>> baseline.name, len([layer for layer in baseline.layers if isinstance(layer, TransformerBlock)])
     ('vit', 1)
     """
-    bound = inspect.signature(builder).bind(**model_args)
-    bound.apply_defaults()
     shared = set(inspect.signature(build_vit).parameters) - {"name"}
-    arguments = {key: value for key, value in bound.arguments.items() if key in shared}
+    arguments = {key: value for key, value in builder_arguments(builder, model_args).items() if key in shared}
     return build_vit(**{**arguments, **overrides, "name": model_args.get("name", "vit")})

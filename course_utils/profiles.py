@@ -8,6 +8,8 @@ picks one with ``select_profile(module.PROFILES, profile)``.
 import dataclasses
 
 PROFILE_NAMES = ("smoke", "workshop", "full")
+CHECKPOINT_PROFILE = "checkpoint"
+"""The name of the profiles that train the shipped checkpoints (``course_utils.pretrained.RECIPES``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +18,8 @@ class Profile:
 
     Attributes:
         name: ``smoke`` (CI, well under a minute of training on a 2-core CPU), ``workshop`` (at most six
-            minutes end to end on a 2-core CPU) or ``full`` (the paper example's configuration, for a GPU).
+            minutes end to end on a 2-core CPU) or ``full`` (the paper example's configuration, for a GPU);
+            ``checkpoint`` for the recipes of the shipped checkpoints (``course_utils.pretrained``).
         epochs: passes over the training subset.
         batch_size: images per step.
         train_samples: how many of the 40,000 training images to use (``None``: all).
@@ -42,8 +45,8 @@ class Profile:
     note: str = ""
 
     def __post_init__(self):
-        if self.name not in PROFILE_NAMES:
-            raise ValueError(f"Profile name must be one of {PROFILE_NAMES}, got {self.name!r}.")
+        if self.name not in (*PROFILE_NAMES, CHECKPOINT_PROFILE):
+            raise ValueError(f"Profile name must be one of {(*PROFILE_NAMES, CHECKPOINT_PROFILE)}, got {self.name!r}.")
         for field in ("epochs", "batch_size"):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:

@@ -6,6 +6,9 @@ prints and saves a summary table: notebook, profile, backend, device, test accur
 parameter count, status. ``--backend all`` runs every notebook on TensorFlow, JAX and PyTorch in turn
 (one sub-folder per backend, one table). A failing notebook is reported with the cell that failed, and
 the others still run; the exit status is non-zero if any failed.
+
+``python -m course_utils pretrain NAME [--output DIR] [--epochs N] [--install]`` trains a shipped checkpoint
+from its recipe (see :mod:`course_utils.pretrained`).
 """
 
 import argparse
@@ -194,6 +197,21 @@ def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout
     return rows, folder
 
 
+def pretrain(args):
+    """``python -m course_utils pretrain NAME``: train, report the test accuracy, and say where the files are."""
+    from course_utils import pretrained  # imports Keras, which `run` must not do
+
+    try:
+        entry = pretrained.pretrain(args.name, output=args.output, epochs=args.epochs, install=args.install)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    where = "installed in " + str(pretrained.CHECKPOINT_DIR) if args.install else "not installed (pass --install)"
+    print(f"{args.name}: test accuracy {100 * entry['test_accuracy']:.2f}% after {entry['epochs']} epochs, "
+          f"{entry['train_seconds']:.0f} s of training; {where}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m course_utils", description="Tools for the vision course.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,7 +222,16 @@ def main(argv=None):
                             help="default: $KERAS_BACKEND or tensorflow; 'all' runs each backend in turn")
     run_parser.add_argument("--output", default="runs", help="folder that receives one run folder per run")
     run_parser.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
+    pretrain_parser = commands.add_parser("pretrain", help="train a shipped checkpoint from its recipe")
+    pretrain_parser.add_argument("name", help="a recipe of course_utils.pretrained.RECIPES")
+    pretrain_parser.add_argument("--output", default=None,
+                                 help="the run's folder (default runs/pretrain/NAME; a killed run there resumes)")
+    pretrain_parser.add_argument("--epochs", type=int, default=None, help="stop early, for a quick check")
+    pretrain_parser.add_argument("--install", action="store_true",
+                                 help="copy the result over the shipped checkpoint and update the manifest")
     args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        return pretrain(args)
     try:
         rows, _ = run(args.notebooks, args.profile, args.backend, args.output, args.timeout)
     except (FileNotFoundError, ValueError) as error:

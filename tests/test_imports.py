@@ -24,7 +24,7 @@ LAYERS = (
     ("models",),  # models/__init__.py: import_all() imports every paper module
     ("distribute", "flops"),
     ("training",),
-    ("setup", "exercises", "viz"),
+    ("setup", "exercises", "viz", "pretrained"),
     ("runner",),
     ("__main__", "__init__"),
 )

@@ -52,7 +52,9 @@ class RandomOrCenterCrop(layers.Layer):
 
     def call(self, images, training=None):
         if not training:
-            return self.center_crop(images)
+            # Passed explicitly: CenterCrop's own default is training=True, which Keras would hand on to
+            # every later layer of a model called without a training flag.
+            return self.center_crop(images, training=False)
         batch = ops.shape(images)[0]
         height, width, channels = images.shape[1], images.shape[2], images.shape[3]
         top = keras.random.randint((batch,), 0, height - self.size + 1, dtype="int32", seed=self.seed_generator)
@@ -74,6 +76,60 @@ class RandomOrCenterCrop(layers.Layer):
         config = super().get_config()
         config.update(size=self.size, seed=self.seed)
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Resize(layers.Resizing):
+    """Keras's ``Resizing``, whose call does not default to ``training=True``.
+
+    Keras's image layers declare ``call(data, training=True)``, and when a model is called directly
+    (``model(images)``, as a learner would) with no training flag, Keras takes that default and hands it on
+    to every later layer: the crops turned random, flips and dropout switched on, and every direct call gave
+    a different answer. This layer and :class:`RandomHorizontalFlip` default to inference instead.
+
+    Args:
+        height: height of the output.
+        width: width of the output (default: ``height``, a square).
+
+    Shapes: ``(batch, in_height, in_width, channels)`` -> ``(batch, height, width, channels)``.
+
+    Example:
+    >>> tuple(Resize(36)(keras.ops.zeros((2, 32, 32, 3))).shape)
+    (2, 36, 36, 3)
+    """
+
+    def __init__(self, height, width=None, **kwargs):
+        super().__init__(height, height if width is None else width, **kwargs)
+
+    def call(self, data, training=None):
+        return super().call(data, training=False)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RandomHorizontalFlip(layers.RandomFlip):
+    """Keras's ``RandomFlip("horizontal")``, flipping only when called with ``training=True``.
+
+    ``RandomFlip.call`` defaults to ``training=True``, so a model called without a training flag flipped
+    about half of its images at random (see :class:`Resize`). Here the default is inference.
+
+    Args:
+        seed: seed of the coin flips.
+
+    Shapes: ``(batch, height, width, channels)`` -> the same.
+
+    Example:
+    >>> flip = RandomHorizontalFlip()
+    >>> images = keras.ops.reshape(keras.ops.arange(4, dtype="float32"), (1, 1, 4, 1))
+    >>> keras.ops.convert_to_numpy(flip(images))[0, 0, :, 0].tolist()
+    [0.0, 1.0, 2.0, 3.0]
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        kwargs.pop("mode", None)  # get_config() stores it; it is always "horizontal" here
+        super().__init__(mode="horizontal", seed=seed, **kwargs)
+
+    def call(self, data, training=None):
+        return super().call(data, training=bool(training))
 
 
 def preprocessing(image_size=32, resize_to=None, flip=True, name="preprocessing"):
@@ -101,9 +157,9 @@ def preprocessing(image_size=32, resize_to=None, flip=True, name="preprocessing"
         raise ValueError(f"resize_to={resize_to} is smaller than image_size={image_size}: it must be at least as large.")
     steps = [
         layers.Rescaling(1.0 / 255.0, name="rescale"),
-        layers.Resizing(resize_to, resize_to, name="resize"),
+        Resize(resize_to, name="resize"),
         RandomOrCenterCrop(image_size, name="crop"),
     ]
     if flip:
-        steps.append(layers.RandomFlip("horizontal", name="flip"))
+        steps.append(RandomHorizontalFlip(name="flip"))
     return keras.Sequential(steps, name=name)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from helpers import check_layer
 
-from course_utils.augment import RandomOrCenterCrop, preprocessing
+from course_utils.augment import RandomHorizontalFlip, RandomOrCenterCrop, Resize, preprocessing
 from course_utils.training import classification_loss
 
 
@@ -22,6 +22,35 @@ def test_training_and_inference_give_the_same_size(training):
     assert out.shape == (4, 48, 48, 3)
     assert out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_resize_layer(tmp_path):
+    check_layer(Resize, {"height": 10, "width": 10}, (2, 8, 8, 3), (2, 10, 10, 3), tmp_path)
+
+
+def test_flip_layer(tmp_path):
+    check_layer(RandomHorizontalFlip, {"seed": 1}, (2, 8, 8, 3), (2, 8, 8, 3), tmp_path)
+
+
+def test_flip_happens_only_in_training():
+    images = keras.ops.convert_to_numpy(uint8_images(batch=16)).astype("float32")
+    flip = RandomHorizontalFlip(seed=3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(flip(images)), images)
+    flipped = keras.ops.convert_to_numpy(flip(images, training=True))
+    mirrored = [np.array_equal(out, image[:, ::-1]) for out, image in zip(flipped, images)]
+    kept = [np.array_equal(out, image) for out, image in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+
+
+def test_a_model_called_directly_gives_the_same_answer_every_time():
+    # Keras's RandomFlip defaults to training=True, so a direct call model(images) used to flip at random.
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    outputs = keras.layers.Flatten()(preprocessing(image_size=32)(inputs))
+    model = keras.Model(inputs, outputs)
+    images = uint8_images(batch=16)
+    first = keras.ops.convert_to_numpy(model(images))
+    for _ in range(3):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)), first)
 
 
 def test_inference_is_deterministic_and_training_is_random():

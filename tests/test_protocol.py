@@ -76,3 +76,18 @@ def test_builder_takes_other_input_sizes_and_float_images(module_name):
     without = module.build_model(**{**arguments, "include_preprocessing": False})
     side = arguments["image_size"]
     assert without.input_shape == (None, side, side, 3) and without.inputs[0].dtype == "float32"
+
+
+@pytest.mark.parametrize("module_name", MODEL_MODULES)
+def test_a_direct_call_is_inference_and_matches_predict(module_name):
+    # model(images) with no training flag must not crop, flip or drop at random (Keras's image layers
+    # default to training=True and hand that on: see course_utils.augment.Resize).
+    module = MODULES[module_name]
+    arguments = {**module.PROFILES["smoke"].model, "resize_to": 40}
+    if "dropout_rate" in inspect.signature(module.build_model).parameters:
+        arguments["dropout_rate"] = 0.5
+    model = module.build_model(**arguments)
+    images = uint8_images(4)
+    first = np.asarray(model(images))
+    np.testing.assert_array_equal(np.asarray(model(images)), first)
+    np.testing.assert_allclose(np.asarray(model.predict(images, verbose=0)), first, rtol=1e-4, atol=1e-5)

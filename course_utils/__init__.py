@@ -30,6 +30,10 @@ _PUBLIC = {
     "warmup_cosine": "course_utils.training",
     "setup": "course_utils.setup",
     "explore": "course_utils.viz",
+    "CheckpointError": "course_utils.pretrained",
+    "load_pretrained": "course_utils.pretrained",
+    "pretrained_info": "course_utils.pretrained",
+    "pretrained_names": "course_utils.pretrained",
 }
 
 __all__ = sorted(_PUBLIC)

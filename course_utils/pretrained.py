@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -88,10 +89,10 @@ class Recipe:
 
     def build(self):
         """Build the recipe's model, untrained."""
-        return build_from(self.module, self.builder, self.profile.model)
+        return _build_from(self.module, self.builder, self.profile.model)
 
 
-def build_from(module, builder, arguments):
+def _build_from(module, builder, arguments):
     """``course_utils.models.<module>.<builder>(**arguments)``: how a manifest entry names its model."""
     return getattr(importlib.import_module(f"course_utils.models.{module}"), builder)(**arguments)
 
@@ -232,9 +233,9 @@ def load_pretrained(name, epoch=None, directory=None):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = [archive[key] for key in sorted(archive.files)]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"The checkpoint file {path} cannot be read ({error}). {fix}") from error
-    model = build_from(entry["module"], entry["builder"], entry["arguments"])
+    model = _build_from(entry["module"], entry["builder"], entry["arguments"])
     assign_weights(model, arrays, path)
     return model
 

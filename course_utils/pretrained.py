@@ -377,6 +377,7 @@ def pretrain(name, output=None, epochs=None, install=False, source=None, verbose
                else f"course_utils.pretrained.pretrain({name!r}, epochs={epochs!r})")
     command = f"KERAS_BACKEND={keras.backend.backend()} {command}"
 
+    commit = _commit()  # now: the tree may change while a long run trains
     keras.utils.set_random_seed(recipe.seed)
     (x_train, y_train), val, (x_test, y_test) = profile_data(profile, source)
     model = recipe.build()
@@ -431,7 +432,7 @@ def pretrain(name, output=None, epochs=None, install=False, source=None, verbose
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
         "date": datetime.date.today().isoformat(),
-        "commit": _commit(),
+        "commit": commit,
         "history": history,
         "snapshots": snapshots,
     }

@@ -31,6 +31,7 @@ _PUBLIC = {
     "setup": "course_utils.setup",
     "explore": "course_utils.viz",
     "CheckpointError": "course_utils.pretrained",
+    "describe_pretrained": "course_utils.pretrained",
     "load_pretrained": "course_utils.pretrained",
     "pretrained_info": "course_utils.pretrained",
     "pretrained_names": "course_utils.pretrained",

@@ -4,11 +4,12 @@ A notebook's own training run lasts a few minutes, too short for maps worth read
 ships, for the model of every notebook and for the baselines the notebooks compare against, a checkpoint of
 the same architecture trained far longer on all 40,000 training images::
 
-    from course_utils import load_pretrained, pretrained_names, pretrained_info
+    from course_utils import describe_pretrained, load_pretrained, pretrained_names, pretrained_info
     pretrained_names()                         # ['patch_convnet', ...]
     model = load_pretrained("patch_convnet")   # uint8 images -> logits, an ordinary keras.Model
     early = load_pretrained("patch_convnet", epoch=5)   # a snapshot from along the run
     pretrained_info("patch_convnet")["test_accuracy"]
+    print(describe_pretrained("patch_convnet"))   # how it was trained, its test accuracy
 
 Each checkpoint is a ``.npz`` file of the model's weights (float16 where that costs at most 0.2 points of
 test accuracy) in ``course_utils/checkpoints``, next to ``manifest.json``, which records how it was made:
@@ -202,6 +203,25 @@ def pretrained_info(name, directory=None):
                 if name in RECIPES else "")
         raise CheckpointError(f"No shipped checkpoint named {name!r} (shipped: {known}).{hint}")
     return entries[name]
+
+
+def describe_pretrained(name, directory=None):
+    """Two lines on checkpoint ``name`` for a notebook: how it was trained, and how well it does."""
+    entry = pretrained_info(name, directory)
+    images = entry["recipe"].get("train_samples") or 40_000
+    return (
+        f"checkpoint {name!r}: {entry['parameters']:,} parameters, {entry['epochs']} epochs on {images:,} "
+        f"training images, {entry['train_seconds'] / 60:.0f} min on {entry['hardware']} ({entry['backend']}, "
+        f"{entry['date']})\ntest accuracy {entry['test_accuracy']:.1%} on the {entry['test_images']:,} test "
+        f"images; to retrain it: {entry['command'].split(' ', 1)[-1]}"
+    )
+
+
+def result_cell(name, directory=None):
+    """Checkpoint ``name`` in one table cell: accuracy, training time, hardware (README's results table)."""
+    entry = pretrained_info(name, directory)
+    return (f"`{name}`: {entry['test_accuracy']:.1%} test after {entry['epochs']} epochs, "
+            f"{entry['train_seconds'] / 60:.0f} min on {entry['hardware']} ({entry['backend']})")
 
 
 def sha256(path):

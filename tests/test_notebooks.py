@@ -52,6 +52,30 @@ def test_committed_notebook_is_valid_and_holds_a_real_run(path):
     assert records[-1]["profile"] == "workshop", "commit the outputs of a workshop run"
 
 
+def checkpoint_notebooks():
+    """Notebook stem -> the shipped checkpoints made for it (course_utils.pretrained's manifest)."""
+    from course_utils.pretrained import pretrained_info, pretrained_names
+
+    found = {}
+    for name in pretrained_names():
+        found.setdefault(pretrained_info(name)["notebook"], []).append(name)
+    return found
+
+
+@by_name
+def test_a_notebook_with_a_checkpoint_explores_it_by_default(path):
+    names = checkpoint_notebooks().get(path.stem, [])
+    notebook = nbformat.read(path, as_version=4)
+    sources = "\n".join(cell.source for cell in code_cells(notebook))
+    parameters = next(cell for cell in code_cells(notebook) if "parameters" in cell.metadata.get("tags", []))
+    if names:
+        assert re.search(r"^pretrained = True\b", parameters.source, re.M), "add `pretrained = True` to the parameters"
+        for name in names:
+            assert f'load_pretrained("{name}"' in sources, f"{path.name} never loads its checkpoint {name!r}"
+    else:
+        assert "load_pretrained(" not in sources, f"{path.name} loads a checkpoint that is not shipped"
+
+
 @pytest.mark.notebook
 def test_every_backend_runs_the_notebooks():
     assert sorted(RUNNER_BACKENDS + [DEFAULT_BACKEND]) == sorted(runner.BACKENDS)

@@ -233,3 +233,9 @@ def test_recipes_keep_the_workshop_architecture():
         assert changed <= {"resize_to"}, f"{name} changes {changed}: say so in the notebook, then allow it here"
         assert pathlib.Path(pretrained.__file__).parent.joinpath("..", "notebooks").resolve().joinpath(
             f"{recipe.notebook}.ipynb").exists()
+
+
+def test_readme_results_table_shows_every_shipped_checkpoint():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for name in SHIPPED:
+        assert pretrained.result_cell(name) in readme, f"README's results table lacks {name}: {pretrained.result_cell(name)}"

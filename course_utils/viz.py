@@ -20,6 +20,10 @@ from course_utils.data import CLASS_NAMES as CIFAR10_CLASSES
 MEAN_OF_ALL = -1  # item-dropdown value meaning "average over every head / token / gate"
 MAX_STATIC_ITEMS = 8  # more single-item columns than this is unreadable in a static figure
 STATIC_TITLE_WIDTH = 18  # characters per line of a static column title
+UNSIGNED_CMAP = "inferno"  # weights and norms: dark = 0
+SIGNED_CMAP = "RdBu_r"  # gates: white = 0, red positive, blue negative
+RIGHT, WRONG = "\u2713", "\u2717"  # check mark and ballot x, after a prediction
+LAYOUT_PAD = 0.08  # inches of space constrained layout keeps around each panel and its text
 
 
 def upsample(heatmap, size):
@@ -29,23 +33,56 @@ def upsample(heatmap, size):
     return np.asarray(image.resize((int(width), int(height)), Image.BILINEAR))
 
 
-def normalize_map(heatmap):
-    """Scale a map to [0, 1]; a constant map becomes all zeros instead of dividing by zero."""
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    span = float(heatmap.max() - heatmap.min())
-    if not np.isfinite(span) or span <= 0:
-        return np.zeros_like(heatmap)
-    return (heatmap - heatmap.min()) / span
+def map_scale(values, signed=False):
+    """``(vmin, vmax, cmap)`` that draw ``values`` on an absolute scale.
+
+    Weights and norms (``signed=False``) run from 0 (or their minimum, if negative) to their maximum in
+    ``inferno``, so a map that is weak everywhere looks dark instead of being stretched to full range;
+    signed values such as gates get ``RdBu_r`` centred on 0 (red positive, blue negative). Pass all the
+    maps that should share one scale (a figure column, all frames of a run) at once.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    if signed:
+        top = float(np.abs(finite).max()) if finite.size else 0.0
+        top = top if top > 0 else 1.0
+        return -top, top, SIGNED_CMAP
+    low = min(0.0, float(finite.min())) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 1.0
+    return low, (high if high > low else low + 1.0), UNSIGNED_CMAP
 
 
-def overlay(ax, image, heatmap, alpha=0.5, cmap="inferno", title=None):
-    """Draw a uint8 image with the upsampled, normalised heatmap on top of it."""
+def overlay(ax, image, heatmap, alpha=0.5, title=None, signed=False, scale=None):
+    """Draw a uint8 image with the upsampled heatmap on top; return the heatmap's ``AxesImage``.
+
+    ``scale`` is ``(vmin, vmax, cmap)`` from :func:`map_scale`, shared by maps that are compared; by
+    default the map's own absolute scale. Pass the returned image to ``fig.colorbar`` for a colour bar.
+    """
     image = np.asarray(image)
+    vmin, vmax, cmap = scale or map_scale(heatmap, signed)
     ax.imshow(image)
-    ax.imshow(normalize_map(upsample(heatmap, image.shape[:2])), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    drawn = ax.imshow(upsample(heatmap, image.shape[:2]), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
     if title:
         ax.set_title(title, fontsize=8)
     ax.axis("off")
+    return drawn
+
+
+def _constrained(fig):
+    """Give a constrained-layout figure room around its text, so titles never touch or leave the figure."""
+    fig.get_layout_engine().set(w_pad=LAYOUT_PAD, h_pad=LAYOUT_PAD)
+    return fig
+
+
+def _colorbar(fig, drawn, axes, fontsize=6):
+    """A thin colour bar under ``axes``, labelled only at its two ends (no crowded ticks)."""
+    bar = fig.colorbar(drawn, ax=axes, orientation="horizontal", location="bottom", fraction=0.05, pad=0.02,
+                       aspect=12)
+    low, high = drawn.get_clim()
+    bar.set_ticks([low, high])
+    bar.set_ticklabels([f"{low:.2g}", f"{high:.2g}"])
+    bar.ax.tick_params(labelsize=fontsize, length=2)
+    return bar
 
 
 def _label_vector(labels, count, what="labels"):
@@ -172,7 +209,7 @@ def _run_analyze(analyze, batch, num_classes):
     """Call analyze(batch) and check what it returned, so a mistake is reported where it is made.
 
     Returns the probabilities and ``{name: MapSet}``; a plain ``(B, K, h, w)`` array (a learner's own
-    analyze function) becomes a MapSet whose items are the map's name, numbered when there are several.
+    analyze function) becomes a MapSet whose item is the map's name, or "item 1", "item 2", ... when there are several.
     """
     probabilities, maps = analyze(batch)
     probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -187,7 +224,7 @@ def _run_analyze(analyze, batch, num_classes):
             value = np.asarray(value, dtype=np.float32)
             if value.ndim != 4:
                 raise ValueError(f"map {name!r} must have shape (B={len(batch)}, K, h, w), got {value.shape}")
-            value = MapSet(value, (name,) if value.shape[1] == 1 else numbered(name, value.shape[1]))
+            value = MapSet(value, (name,) if value.shape[1] == 1 else numbered("item", value.shape[1]))
         if value.batch_size != len(batch):
             raise ValueError(f"map {name!r} must have shape (B={len(batch)}, K, h, w), got {value.values.shape}")
         checked[name] = value
@@ -195,16 +232,20 @@ def _run_analyze(analyze, batch, num_classes):
 
 
 def _prediction_title(probabilities, class_names, label=None):
-    """'true: cat / pred: dog 71%' (the first part only when the label is known)."""
+    """'pred: dog 71%', with the true class and a check mark or cross when the label is known."""
     best = int(np.argmax(probabilities))
     predicted = f"pred: {class_names[best]} {probabilities[best]:.0%}"
-    return predicted if label is None else f"true: {class_names[label]}\n{predicted}"
+    if label is None:
+        return predicted
+    return f"true: {class_names[label]}\n{predicted} {RIGHT if best == label else WRONG}"
 
 
 def explore(analyze, images, labels=None, class_names=None, title=None, static=None, index=0, max_static_images=3):
     """Explore predictions and maps of `images`: widgets in a live notebook, a static figure elsewhere.
 
-    analyze(batch uint8 (B, H, W, 3)) -> (probabilities (B, C), {map name: (B, K, h, w)}).
+    analyze(batch uint8 (B, H, W, 3)) -> (probabilities (B, C), {map name: MapSet or (B, K, h, w)}).
+    The static figure shows ``max_static_images`` images from ``index`` on; when ``labels`` are given it
+    picks them so that right and wrong predictions both appear (when both occur among the next few images).
     Returns the top-level widget (already displayed) or the matplotlib Figure.
     """
     images = _check_images(images)
@@ -220,51 +261,82 @@ def explore(analyze, images, labels=None, class_names=None, title=None, static=N
         widget = _Explorer(analyze, images, labels, class_names, title, index).widget
         display(widget)
         return widget
-    batch = images[index:index + max_static_images]
-    probabilities, maps = _run_analyze(analyze, batch, len(class_names))
-    fig = _static_explorer_figure(batch, probabilities, maps, class_names, labels, index, title)
+    pool_size = max_static_images if labels is None else STATIC_POOL_FACTOR * max_static_images
+    pool = images[index:index + pool_size]
+    probabilities, maps = _run_analyze(analyze, pool, len(class_names))
+    rows = _static_rows(probabilities, None if labels is None else labels[index:index + len(pool)], max_static_images)
+    maps = {name: MapSet(value.values[rows], value.items, value.signed, value.description) for name, value in maps.items()}
+    row_labels = None if labels is None else labels[index:index + len(pool)][rows]
+    fig = _static_explorer_figure(pool[rows], probabilities[rows], maps, class_names, row_labels, title)
     _show_static(fig)
     return fig
 
 
-def _static_explorer_figure(batch, probabilities, maps, class_names, labels, index, title):
-    """Rows = images; columns = input, each item of the first map, its mean, other maps' means."""
-    ncols = 1 + len(_static_columns(maps, 0))
-    fig, axes = plt.subplots(len(batch), ncols, figsize=(1.5 * ncols, 1.8 * len(batch)), squeeze=False)
+STATIC_POOL_FACTOR = 4  # the static figure looks this many times further ahead for a wrong prediction
+
+
+def _static_rows(probabilities, labels, count):
+    """Indices of the images the static figure shows: the first ``count``, with a right and a wrong one if possible."""
+    rows = list(range(min(count, len(probabilities))))
+    if labels is None or len(rows) < 2:
+        return rows
+    right = probabilities.argmax(axis=1) == labels
+    for wanted in (False, True):  # all right: swap the last row for the first wrong one (and vice versa)
+        if not any(right[row] == wanted for row in rows):
+            candidate = next((row for row in range(len(right)) if right[row] == wanted), None)
+            if candidate is not None:
+                rows = rows[:-1] + [candidate]
+    return rows
+
+
+def _static_explorer_figure(batch, probabilities, maps, class_names, labels, title):
+    """Rows = images; columns = the input, then one overlay column per entry of :func:`_static_columns`.
+
+    Each overlay column shares one absolute scale over its rows, with a colour bar under it; the input
+    column names the true and predicted class under each image.
+    """
+    columns = _static_columns(maps)
+    ncols = 1 + len(columns)
+    fig, axes = plt.subplots(len(batch), ncols, figsize=(1.55 * ncols, 1.75 * len(batch) + 0.9), squeeze=False,
+                             layout="constrained")
+    _constrained(fig)
     for row, image in enumerate(batch):
-        label = None if labels is None else labels[index + row]
+        label = None if labels is None else labels[row]
         axes[row, 0].imshow(image)
-        axes[row, 0].set_title(_prediction_title(probabilities[row], class_names, label), fontsize=8)
-        axes[row, 0].axis("off")
-        for column, (heading, heatmap) in enumerate(_static_columns(maps, row), start=1):
-            # Titles once, wrapped to the column's width: map names like "slow-stream attention, all chunks"
-            # would otherwise run into the neighbouring columns.
-            heading = textwrap.fill(heading, STATIC_TITLE_WIDTH) if row == 0 else None
-            overlay(axes[row, column], image, heatmap, title=heading)
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        axes[row, 0].set_xlabel(_prediction_title(probabilities[row], class_names, label), fontsize=7)
+    axes[0, 0].set_title("input", fontsize=8)
+    for column, (heading, name, item) in enumerate(columns, start=1):
+        value = maps[name]
+        per_image = value.values.mean(axis=1) if item is None else value.values[:, item]
+        scale = map_scale(per_image, value.signed)
+        for row, image in enumerate(batch):
+            heading_text = textwrap.fill(heading, STATIC_TITLE_WIDTH) if row == 0 else None
+            drawn = overlay(axes[row, column], image, per_image[row], title=heading_text, scale=scale)
+        _colorbar(fig, drawn, axes[:, column])
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
-def _static_columns(maps, row):
-    """(title, map) of each overlay column for one image: the first map's items and mean, other means.
+def _static_columns(maps):
+    """``(heading, map name, item index or None for the mean)`` of each overlay column.
 
-    A map with a single item is one column titled by the map's name (its mean would repeat it, and its
-    item label alone may be the same in several maps, e.g. one modulator norm per stage).
+    The first map shows its items (up to ``MAX_STATIC_ITEMS``) and, when they are weights that can be
+    averaged, their mean; a later map shows its mean, or its items when it is signed (a mean of gates of
+    opposite sign would hide both). A map with one item is one column titled by the map's name.
     """
-    names = list(maps)
-    first = maps[names[0]]
-    values = first.values[row]
-    if len(values) == 1:
-        columns = [(names[0], values[0])]
-    else:
-        columns = [(first.items[k], values[k]) for k in range(min(len(values), MAX_STATIC_ITEMS))]
-        columns.append((f"{names[0]} mean", values.mean(axis=0)))
-    for name in names[1:]:
-        other = maps[name]
-        heading = name if len(other.items) == 1 else f"{name} mean"
-        columns.append((heading, other.values[row].mean(axis=0)))
+    columns = []
+    for position, (name, value) in enumerate(maps.items()):
+        count = len(value.items)
+        if count == 1:
+            columns.append((name, name, 0))
+            continue
+        if position == 0 or value.signed:
+            columns += [(f"{name} \u00b7 {value.items[k]}", name, k) for k in range(min(count, MAX_STATIC_ITEMS))]
+        if not value.signed:
+            columns.append((f"{name} \u00b7 mean of {count}", name, None))
     return columns
 
 
@@ -317,6 +389,7 @@ class _Explorer:
         self.image, self.label, self.source, self.probabilities = image, label, source, probabilities[0]
         self.maps = {name: value.values[0] for name, value in maps.items()}
         self.items = {name: value.items for name, value in maps.items()}
+        self.signed = {name: value.signed for name, value in maps.items()}
         self.status.value = hint
         self.render()
 
@@ -337,11 +410,12 @@ class _Explorer:
             self._analyze_one(image, None, "your image", "move the image slider to go back to the test images")
 
     def _update_items(self):
-        """Offer each item of the chosen map (its count may differ per map), and 'mean of all' when there are several."""
+        """Offer each item of the chosen map (its count may differ per map), and 'mean of all' for several weights."""
         name, holding = self.map_dropdown.value, self._holding
         self._holding = True  # changing options fires value events; draw once at the end
         items = [(label, k) for k, label in enumerate(self.items[name])]
-        self.item_dropdown.options = items if len(items) == 1 else [("mean of all", MEAN_OF_ALL)] + items
+        averaged = len(items) > 1 and not self.signed[name]  # a mean of signed gates would hide both signs
+        self.item_dropdown.options = [("mean of all", MEAN_OF_ALL)] + items if averaged else items
         self.item_dropdown.value = self.item_dropdown.options[0][1]
         self._holding = holding
         self.render()
@@ -354,20 +428,23 @@ class _Explorer:
 
     def figure(self):
         """Input image, selected overlay and class-probability bars, side by side."""
-        fig, (image_ax, overlay_ax, bar_ax) = plt.subplots(1, 3, figsize=(11, 3.4),
+        fig, (image_ax, overlay_ax, bar_ax) = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained",
                                                            gridspec_kw={"width_ratios": [1, 1, 1.4]})
+        _constrained(fig)
         image_ax.imshow(self.image)
         image_ax.set_title(self.source)
         image_ax.axis("off")
-        overlay(overlay_ax, self.image, self.selected_map(), alpha=self.opacity_slider.value,
-                title=f"{self.map_dropdown.value}: {self.item_dropdown.label}")
+        name = self.map_dropdown.value
+        heading = name if len(self.items[name]) == 1 else f"{name} \u00b7 {self.item_dropdown.label}"
+        drawn = overlay(overlay_ax, self.image, self.selected_map(), alpha=self.opacity_slider.value,
+                        title=textwrap.fill(heading, 40), signed=self.signed[name])
+        _colorbar(fig, drawn, overlay_ax, fontsize=8)
         best = int(np.argmax(self.probabilities))
         colors = ["tab:orange" if c == best else "tab:gray" for c in range(len(self.class_names))]
         bar_ax.barh(self.class_names, self.probabilities, color=colors)
         bar_ax.invert_yaxis()  # class 0 on top, in reading order
         bar_ax.set_xlim(0, 1)
         bar_ax.set_title(_prediction_title(self.probabilities, self.class_names, self.label).replace("\n", "  "))
-        fig.tight_layout()
         return fig
 
     def render(self):
@@ -376,27 +453,50 @@ class _Explorer:
             _redraw(self.output, self.figure)
 
 
-def plot_maps_over_time(frames, images, frame_labels, alpha=0.6):
-    """Rows = images, columns = recorded frames (T arrays of (B, h, w)) titled by frame_labels."""
+def plot_maps_over_time(frames, images, frame_labels, alpha=0.6, row_labels=None, signed=False):
+    """Rows = images, columns = frames (T arrays of (B, h, w)) titled by ``frame_labels``.
+
+    Every panel shares one absolute scale (colour bar at the bottom), so a map that fades or sharpens
+    from one frame to the next shows it. ``row_labels`` name the rows (default "image 1", ...).
+    """
     images = _check_images(images)
+    frames = _check_frames(frames, images, frame_labels)
+    row_labels = [f"image {row + 1}" for row in range(len(images))] if row_labels is None else list(row_labels)
+    if len(row_labels) != len(images):
+        raise ValueError(f"expected one row label per image ({len(images)}), got {len(row_labels)}")
+    scale = map_scale(np.stack(frames), signed)
+    fig, axes = plt.subplots(len(images), len(frames), figsize=(1.6 * len(frames) + 0.8, 1.6 * len(images) + 0.7),
+                             squeeze=False, layout="constrained")
+    _constrained(fig)
+    for row, image in enumerate(images):
+        for column, frame in enumerate(frames):
+            title = textwrap.fill(str(frame_labels[column]), STATIC_TITLE_WIDTH) if row == 0 else None
+            drawn = overlay(axes[row, column], image, frame[row], alpha=alpha, title=title, scale=scale)
+            if column == 0:  # axis("off") would hide the label: keep the frame, drop the ticks
+                axes[row, 0].axis("on")
+                axes[row, 0].set_xticks([])
+                axes[row, 0].set_yticks([])
+                axes[row, 0].set_ylabel(textwrap.fill(str(row_labels[row]), 14), fontsize=7)
+    _colorbar(fig, drawn, axes[-1, :], fontsize=7)
+    return fig
+
+
+def _check_frames(frames, images, frame_labels):
     frames = [np.asarray(frame, dtype=np.float32) for frame in frames]
     if len(frame_labels) != len(frames):
         raise ValueError(f"expected one frame label per frame ({len(frames)}), got {len(frame_labels)}")
     for frame in frames:
         if frame.ndim != 3 or frame.shape[0] != len(images):
             raise ValueError(f"each frame must have shape (B={len(images)}, h, w), got {frame.shape}")
-    fig, axes = plt.subplots(len(images), len(frames), figsize=(1.6 * len(frames), 1.6 * len(images)),
-                             squeeze=False)
-    for row, image in enumerate(images):
-        for column, frame in enumerate(frames):
-            overlay(axes[row, column], image, frame[row], alpha=alpha, title=frame_labels[column] if row == 0 else None)
-    fig.tight_layout()
-    return fig
+    return frames
 
 
-def explore_over_time(frames, images, frame_labels, static=None):
-    """Sliders over time and image in a live notebook; the plot_maps_over_time figure elsewhere."""
-    fig = plot_maps_over_time(frames, images, frame_labels)  # validates the inputs in both modes
+def explore_over_time(frames, images, frame_labels, static=None, row_labels=None, signed=False):
+    """Sliders over time and image in a live notebook; the :func:`plot_maps_over_time` figure elsewhere.
+
+    Both share one absolute scale over all frames and images, so the slider shows maps fading or sharpening.
+    """
+    fig = plot_maps_over_time(frames, images, frame_labels, row_labels=row_labels, signed=signed)  # validates
     if _use_static(static):
         _show_static(fig)
         return fig
@@ -404,14 +504,17 @@ def explore_over_time(frames, images, frame_labels, static=None):
     import ipywidgets as widgets
     from IPython.display import display
 
+    frames = _check_frames(frames, images, frame_labels)
+    scale = map_scale(np.stack(frames), signed)
     time_slider = widgets.IntSlider(value=len(frames) - 1, min=0, max=len(frames) - 1, description="time")
     image_slider = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
     output = widgets.Output()
 
     def draw():
-        figure, ax = plt.subplots(figsize=(3, 3))
+        figure, ax = plt.subplots(figsize=(3, 3.6), layout="constrained")
         t, i = time_slider.value, image_slider.value
-        overlay(ax, np.asarray(images)[i], np.asarray(frames[t])[i], alpha=0.6, title=frame_labels[t])
+        drawn = overlay(ax, np.asarray(images)[i], frames[t][i], alpha=0.6, title=frame_labels[t], scale=scale)
+        _colorbar(figure, drawn, ax, fontsize=8)
         return figure
 
     for slider in (time_slider, image_slider):

@@ -52,6 +52,44 @@ def grid_shape(fig):
     return fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
 
 
+def panels(fig):
+    """The axes that show an image (not the colour bars), in creation order."""
+    return [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+
+
+def colour_bars(fig):
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def drawn_tick_labels(axis):
+    """The tick labels matplotlib draws: those of ticks inside the axis's view (it makes a few more)."""
+    low, high = sorted(axis.get_view_interval())
+    span = high - low
+    ticks = axis.get_major_ticks()[: len(axis.get_majorticklocs())]
+    return [tick.label1 for tick in ticks if low - 1e-6 * span <= tick.get_loc() <= high + 1e-6 * span]
+
+
+def assert_no_text_overlaps(fig):
+    """Every visible, non-empty text of the drawn figure lies inside it and overlaps no other text."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts.append(ax.title)
+        if ax.axison:  # an axis switched off draws neither its labels nor its tick labels
+            texts += [ax.xaxis.label, ax.yaxis.label, *drawn_tick_labels(ax.xaxis), *drawn_tick_labels(ax.yaxis)]
+    texts = [text for text in texts if text.get_visible() and text.get_text().strip()]
+    boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in texts]
+    width, height = fig.canvas.get_width_height()
+    for label, box in boxes:
+        assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, f"{label!r} is cut off"
+    for first in range(len(boxes)):
+        for second in range(first + 1, len(boxes)):
+            (label_a, a), (label_b, b) = boxes[first], boxes[second]
+            assert not a.overlaps(b), f"{label_a!r} overlaps {label_b!r}"
+    return len(boxes)
+
+
 def all_widgets(root):
     """Every widget in a widget tree, depth first."""
     yield root
@@ -93,12 +131,13 @@ def test_upsample_preserves_a_constant_map_and_interpolates_between_values():
     assert len(np.unique(ramp)) > 2
 
 
-def test_normalize_map_range_and_constant_map():
-    scaled = viz.normalize_map(np.array([[2.0, 4.0], [6.0, 10.0]]))
-    assert scaled.min() == 0.0 and scaled.max() == 1.0
-    np.testing.assert_allclose(scaled, [[0.0, 0.25], [0.5, 1.0]])
-    constant = viz.normalize_map(np.full((3, 3), 7.0))
-    assert np.all(constant == 0) and np.all(np.isfinite(constant))
+def test_map_scale_is_absolute_from_zero_for_weights_and_centred_for_signed_values():
+    assert viz.map_scale(np.array([[0.01, 0.02], [0.03, 0.04]])) == (0.0, pytest.approx(0.04), viz.UNSIGNED_CMAP)
+    assert viz.map_scale(np.array([-3.0, 1.0]), signed=True) == (-3.0, 3.0, viz.SIGNED_CMAP)
+    low, high, _ = viz.map_scale(np.zeros((3, 3)))
+    assert high > low  # a blank map still gets a valid scale
+    low, high, _ = viz.map_scale(np.array([-2.0, 5.0]))
+    assert (low, high) == (-2.0, 5.0)  # an unsigned map with negative values is not clipped
 
 
 def test_overlay_draws_image_and_upsampled_map():
@@ -133,30 +172,89 @@ def test_plot_history_one_solid_and_one_dashed_line_per_model_per_metric():
 # --- explore: static mode ---------------------------------------------------------------------
 
 
-def test_explore_static_has_input_items_and_mean_columns_and_analyzes_the_right_batch():
+def test_explore_static_has_input_items_and_mean_columns_and_analyzes_one_batch():
     images, analyze = make_images(6), CountingAnalyze({"token": (4, 4, 4)})
     fig = viz.explore(analyze, images, labels=np.arange(6), static=True, index=2)
     assert isinstance(fig, Figure)
-    assert grid_shape(fig) == (3, 1 + 4 + 1) and len(fig.axes) == 18
-    assert len(analyze.batches) == 1
-    np.testing.assert_array_equal(analyze.batches[0], images[2:5])
-    assert "true: " + viz.CIFAR10_CLASSES[2] in fig.axes[0].get_title()
+    assert grid_shape(fig) == (3, 1 + 4 + 1) and len(panels(fig)) == 18
+    assert len(colour_bars(fig)) == 5  # one absolute scale per overlay column
+    assert len(analyze.batches) == 1  # the images from `index` on, to find right and wrong predictions
+    np.testing.assert_array_equal(analyze.batches[0], images[2:6])
+    assert "true: " in panels(fig)[0].get_xlabel()
 
 
 def test_explore_static_adds_one_mean_column_per_other_map_and_caps_items():
     analyze = CountingAnalyze({"block 1": (12, 8, 8), "block 2": (3, 4, 4)})
     fig = viz.explore(analyze, make_images(2), static=True, max_static_images=3)
     assert grid_shape(fig) == (2, 1 + viz.MAX_STATIC_ITEMS + 1 + 1)
-    assert fig.axes[-1].get_title() == ""  # column titles only on the first row
-    assert [ax.get_title() for ax in fig.axes[8:11]] == ["block 1 8", "block 1 mean", "block 2 mean"]
+    assert panels(fig)[-1].get_title() == ""  # column titles only on the first row
+    titles = [ax.get_title().replace("\n", " ") for ax in panels(fig)[8:11]]
+    assert titles == ["block 1 · item 8", "block 1 · mean of 12", "block 2 · mean of 3"]
 
 
 def test_explore_static_wraps_long_column_titles():
     long_name = "slow-stream attention, all chunks"
     fig = viz.explore(CountingAnalyze({long_name: (1, 4, 4)}), make_images(1), static=True)
-    title = fig.axes[1].get_title()
+    title = panels(fig)[1].get_title()
     assert title.replace("\n", " ") == long_name
     assert max(len(line) for line in title.splitlines()) <= viz.STATIC_TITLE_WIDTH < len(long_name)
+
+
+def fixed_analyze(predicted, maps):
+    """analyze() that predicts class ``predicted[i]`` for the i-th image of the whole set and returns ``maps``."""
+
+    def analyze(batch):
+        indices = batch[:, 0, 0, 0].astype(int)  # the test images carry their index in one pixel
+        probabilities = np.full((len(batch), 10), 0.05, dtype=np.float32)
+        probabilities[np.arange(len(batch)), np.asarray(predicted)[indices]] = 0.55
+        return probabilities, {name: MapSet(value(len(batch)), items, signed) for name, (value, items, signed) in maps.items()}
+
+    return analyze
+
+
+def indexed_images(count):
+    images = make_images(count)
+    images[:, 0, 0, 0] = np.arange(count)
+    return images
+
+
+def test_static_figure_shows_a_right_and_a_wrong_prediction_and_marks_them():
+    labels = np.arange(12) % 10
+    predicted = labels.copy()
+    predicted[7] = (labels[7] + 1) % 10  # only image 7 is misclassified
+    maps = {"attention": (lambda n: np.random.default_rng(0).random((n, 2, 4, 4)), ("head 1", "head 2"), False)}
+    fig = viz.explore(fixed_analyze(predicted, maps), indexed_images(12), labels=labels, static=True)
+    inputs = [ax.get_xlabel() for ax in panels(fig)[::4]]
+    assert len(inputs) == 3
+    assert sum(viz.WRONG in label for label in inputs) == 1 and sum(viz.RIGHT in label for label in inputs) == 2
+    assert f"true: {viz.CIFAR10_CLASSES[labels[7]]}" in inputs[-1]
+
+
+def test_static_figure_draws_signed_maps_centred_on_zero_without_a_mean_and_weights_from_zero():
+    gates = lambda n: np.stack([np.full((n, 4, 4), -2.0), np.full((n, 4, 4), 1.0)], axis=1)  # noqa: E731
+    weights = lambda n: np.full((n, 3, 4, 4), 0.01)  # noqa: E731
+    maps = {"gates": (gates, ("level 1", "global"), True), "attention": (weights, ("h1", "h2", "h3"), False)}
+    fig = viz.explore(fixed_analyze(np.zeros(3, int), maps), indexed_images(3), static=True)
+    titles = [ax.get_title().replace("\n", " ") for ax in panels(fig)[1:4]]
+    assert titles == ["gates · level 1", "gates · global", "attention · mean of 3"]  # no mean of signed gates
+    level_1, global_gate, attention = (panels(fig)[k].get_images()[1] for k in (1, 2, 3))
+    assert level_1.get_clim() == (-2.0, 2.0) and level_1.get_cmap().name == viz.SIGNED_CMAP
+    assert global_gate.get_clim() == (-1.0, 1.0)
+    # weak attention stays weak: its scale starts at 0 instead of stretching 0.01 to full brightness
+    assert attention.get_clim()[0] == 0.0 and attention.get_cmap().name == viz.UNSIGNED_CMAP
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])
+def test_static_explorer_text_never_overlaps(rows):
+    maps = {"class attention, block 1": (lambda n: np.random.default_rng(1).random((n, 4, 8, 8)),
+                                         ("head 1", "head 2", "head 3", "head 4"), False),
+            "stage 0 gates": (lambda n: np.random.default_rng(2).normal(size=(n, 3, 8, 8)),
+                              ("level 1", "level 2", "global"), True),
+            "stage 0 modulator norm": (lambda n: np.random.default_rng(3).random((n, 1, 8, 8)), ("norm",), False)}
+    labels = np.arange(20) % 10
+    fig = viz.explore(fixed_analyze((labels + 1) % 10, maps), indexed_images(20), labels=labels, static=True,
+                      max_static_images=rows, title="a long title for the whole figure, as a notebook gives it")
+    assert assert_no_text_overlaps(fig) > 10
 
 
 def test_explore_auto_mode_outside_a_kernel_is_static():
@@ -203,7 +301,7 @@ def test_changing_the_map_updates_the_item_options_to_its_count():
     assert len(item_dropdown.options) == 1 + 4
     map_dropdown.value = "block 2"
     labels = [label for label, _ in item_dropdown.options]
-    assert labels == ["mean of all", "block 2 1", "block 2 2"]
+    assert labels == ["mean of all", "item 1", "item 2"]
     assert item_dropdown.value == viz.MEAN_OF_ALL
 
 
@@ -228,8 +326,9 @@ def test_widget_figure_shows_image_selected_overlay_and_probability_bars():
     item_dropdown.value = 2
     np.testing.assert_array_equal(explorer.selected_map(), explorer.maps["token"][2])
     fig = explorer.figure()
-    image_ax, overlay_ax, bar_ax = fig.axes
-    assert overlay_ax.get_title() == "token: token 3"
+    image_ax, overlay_ax, bar_ax, colour_bar = fig.axes
+    assert overlay_ax.get_title() == "token · item 3" and colour_bar.get_label() == "<colorbar>"
+    assert assert_no_text_overlaps(fig) > 10
     bars = bar_ax.patches
     assert len(bars) == 10
     best = int(np.argmax(explorer.probabilities))
@@ -308,11 +407,24 @@ def test_images_and_labels_are_checked():
 
 
 def test_plot_maps_over_time_rows_are_images_and_columns_frames():
-    frames = [np.random.default_rng(t).random((3, 4, 4)) for t in range(4)]
+    frames = [np.random.default_rng(t).random((3, 4, 4)) * (t + 1) for t in range(4)]
     labels = [f"epoch {5 * (t + 1)}" for t in range(4)]
-    fig = viz.plot_maps_over_time(frames, make_images(3), labels)
+    fig = viz.plot_maps_over_time(frames, make_images(3), labels, row_labels=["cat", "ship", "frog"])
     assert grid_shape(fig) == (3, 4)
-    assert [ax.get_title() for ax in fig.axes[:4]] == labels
+    assert [ax.get_title() for ax in panels(fig)[:4]] == labels
+    assert [ax.get_ylabel() for ax in panels(fig)[::4]] == ["cat", "ship", "frog"]
+    # one scale for every panel, so growing maps look brighter frame by frame
+    limits = {ax.get_images()[1].get_clim() for ax in panels(fig)}
+    assert len(limits) == 1 and limits.pop() == (0.0, pytest.approx(float(np.max(frames))))
+    assert len(colour_bars(fig)) == 1
+
+
+@pytest.mark.parametrize("count", [1, 2, 6])
+def test_plot_maps_over_time_text_never_overlaps(count):
+    frames = [np.random.default_rng(t).random((count, 4, 4)) for t in range(5)]
+    labels = [f"epoch {epoch}, {accuracy}% test" for epoch, accuracy in ((1, 31), (5, 52), (20, 68), (60, 77), (120, 81))]
+    fig = viz.plot_maps_over_time(frames, make_images(count), labels)
+    assert assert_no_text_overlaps(fig) >= 5
 
 
 def test_plot_maps_over_time_rejects_mismatched_frames():
@@ -354,8 +466,8 @@ def test_explorer_names_items_by_their_map_set_labels_and_offers_no_mean_of_a_si
 def test_static_figure_titles_columns_with_map_set_items():
     analyze = MapSetAnalyze({"attention": (2, 4, 4), "summary": (1, 4, 4)})
     fig = viz.explore(analyze, make_images(1), static=True)
-    titles = [ax.get_title() for ax in fig.axes[1:]]
-    assert titles == ["head 1", "head 2", "attention mean", "summary"]
+    titles = [ax.get_title().replace("\n", " ") for ax in panels(fig)[1:]]
+    assert titles == ["attention · head 1", "attention · head 2", "attention · mean of 2", "summary"]
 
 
 def test_analyze_must_return_one_map_per_image():
@@ -365,3 +477,13 @@ def test_analyze_must_return_one_map_per_image():
 
     with pytest.raises(ValueError, match="map 'attention' must have shape"):
         viz.explore(wrong_batch, make_images(2), static=True)
+
+
+@pytest.mark.parametrize("count", [1, 8, 20])
+def test_image_grid_and_history_text_never_overlaps(count):
+    labels = np.arange(count) % 10
+    grid = viz.image_grid(make_images(count), labels=labels, predictions=(labels + 1) % 10)
+    assert assert_no_text_overlaps(grid) >= count
+    history = {"loss": list(np.linspace(2, 1, count)), "val_loss": list(np.linspace(2.1, 1.2, count)),
+               "accuracy": list(np.linspace(0.1, 0.6, count)), "val_accuracy": list(np.linspace(0.1, 0.55, count))}
+    assert assert_no_text_overlaps(viz.plot_history({"PatchConvNet": history, "ViT": history})) > 4

@@ -22,7 +22,7 @@ BACKEND_FREE = {
     "test_backends.py", "test_data.py", "test_viz.py", "test_runner.py", "test_notebooks.py", "test_benchmarks.py",
     "test_resilience.py", "test_distribution.py",  # these start their own subprocesses, with their own backends
     "test_tlb_benchmark.py",  # compiles five TLB variants (~2 min); its figures are TensorFlow's
-    "test_imports.py", "test_validation.py",  # read source files and check arguments: no Keras at all
+    "test_imports.py", "test_validation.py", "test_packaging.py",  # read files, check arguments: no Keras at all
 }
 UNIT_TESTS = sorted(
     path.name for path in TESTS.glob("test_*.py") if path.name not in BACKEND_FREE and not path.name.startswith("test_parity")

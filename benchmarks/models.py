@@ -24,6 +24,7 @@ Usage::
     python benchmarks/models.py --profile smoke --steps 3
     python benchmarks/models.py --models cait focal_modulation --steps 10 --no-flops
     KERAS_BACKEND=jax python benchmarks/models.py --profile full --batch-size 64
+    python benchmarks/models.py --dtype-policy mixed_bfloat16 --no-flops  # bfloat16 matrix products
 
 Prints a Markdown table and writes it, with the device, backend, Keras version, date and command line,
 to ``<output>/<date>-<profile>-<backend>.md`` and ``.json`` (default output: ``benchmarks/results``).
@@ -174,9 +175,12 @@ def environment():
     return {"backend": keras.backend.backend(), "keras_version": keras.__version__, "device": describe_device()}
 
 
-def measure_model(name, profile_name, batch_size, steps, with_flops, seed):
+def measure_model(name, profile_name, batch_size, steps, with_flops, seed, dtype_policy="float32"):
     """Build, compile and time one model; return its row as a dict."""
     import keras
+
+    # e.g. mixed_bfloat16: bfloat16 matrix products with float32 weights (for CPUs with AVX512_BF16)
+    keras.mixed_precision.set_global_policy(dtype_policy)
 
     from course_utils import count_flops
     from course_utils.training import compile_for_profile
@@ -188,6 +192,7 @@ def measure_model(name, profile_name, batch_size, steps, with_flops, seed):
     profile = dataclasses.replace(profile, batch_size=batch_size or profile.batch_size)
     model, row["builder"] = build_model(module, profile)
     row["parameters"] = model.count_params()
+    row["compute_dtype"] = model.layers[-1].compute_dtype  # the classifier's: what the policy made of it
     # FLOPs before compiling: they do not depend on the weights, and on TensorFlow/PyTorch the model is
     # saved for a JAX subprocess, which is simpler without an optimizer attached.
     row["flops_per_image"] = count_flops(model) if with_flops else None
@@ -209,7 +214,8 @@ def measure_model(name, profile_name, batch_size, steps, with_flops, seed):
 def run_child(args):
     """Measure ``args.child`` and write its row to ``args.child_output``; failures are written too."""
     try:
-        row = measure_model(args.child, args.profile, args.batch_size, args.steps, not args.no_flops, args.seed)
+        row = measure_model(args.child, args.profile, args.batch_size, args.steps, not args.no_flops, args.seed,
+                            args.dtype_policy)
     except Exception as error:  # noqa: BLE001 -- any failure belongs in the table, not in a crash
         traceback.print_exc()
         row = {"model": args.child, "status": f"failed: {type(error).__name__}: {compact(str(error))}",
@@ -239,7 +245,8 @@ def last_line(output):
 
 def child_command(name, args, result_path):
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name, "--child-output",
-               str(result_path), "--profile", args.profile, "--steps", str(args.steps), "--seed", str(args.seed)]
+               str(result_path), "--profile", args.profile, "--steps", str(args.steps), "--seed", str(args.seed),
+               "--dtype-policy", args.dtype_policy]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
     if args.no_flops:
@@ -346,7 +353,7 @@ def markdown_report(record):
         "",
         f"- date: {record['date']}",
         f"- command: `{record['command']}`",
-        f"- backend: {record['backend']} (Keras {record['keras_version']})",
+        f"- backend: {record['backend']} (Keras {record['keras_version']}), dtype policy {record['dtype_policy']}",
         f"- device: {record['device']}",
         f"- timed steps: {record['steps']} per measurement, after one left out (tracing and compilation)",
         f"- memory: {record['memory']}",
@@ -364,7 +371,8 @@ def save(record, output):
     """Write ``<output>/<date>-<profile>-<backend>.md`` and ``.json``; return both paths."""
     folder = pathlib.Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{record['date']}-{record['profile']}-{record['backend']}"
+    policy = "" if record["dtype_policy"] == "float32" else f"-{record['dtype_policy']}"
+    stem = folder / f"{record['date']}-{record['profile']}-{record['backend']}{policy}"
     markdown_path, json_path = stem.with_suffix(".md"), stem.with_suffix(".json")
     markdown_path.write_text(markdown_report(record), encoding="utf-8")
     json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -389,6 +397,7 @@ def run_all(args, argv):
         "profile": args.profile,
         **run_environment(rows),
         "steps": args.steps,
+        "dtype_policy": args.dtype_policy,
         "load_average": {"start": load_at_start, "end": load_average()},
         "memory": "; ".join(sources) or "-",
         "table": markdown_table(rows),
@@ -424,6 +433,8 @@ def parse_args(argv):
     parser.add_argument("--output", default=str(REPOSITORY / "benchmarks" / "results"),
                         help="folder for the .md and .json files (default: benchmarks/results)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype-policy", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="Keras dtype policy of the models (default float32)")
     # Internal: measure one model in this process and write its row to a file (used by the parent).
     parser.add_argument("--child", choices=MODEL_MODULES, help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)

@@ -79,6 +79,17 @@ def test_markdown_and_json_files_are_written_and_parse(smoke_run):
     assert table_rows(record["table"]) == table_rows(completed.stdout)
 
 
+def test_a_dtype_policy_is_applied_and_recorded(tmp_path):
+    completed = run_benchmark("--profile", "smoke", "--models", "patch_convnet", "--steps", "1", "--batch-size", "8",
+                              "--no-flops", "--dtype-policy", "mixed_bfloat16", "--output", str(tmp_path))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*-smoke-*-mixed_bfloat16.json")
+    record = json.loads(json_path.read_text())
+    assert record["dtype_policy"] == "mixed_bfloat16" and record["rows"][0]["status"] == "ok"
+    assert record["rows"][0]["compute_dtype"] == "bfloat16"
+    assert "dtype policy mixed_bfloat16" in json_path.with_suffix(".md").read_text()
+
+
 def test_unknown_model_is_a_usage_error():
     completed = run_benchmark("--models", "cait", "resnet")
     assert completed.returncode == 2

@@ -21,6 +21,8 @@ _PUBLIC = {
     "DatasetError": "course_utils.data",
     "preprocessing": "course_utils.augment",
     "describe_device": "course_utils.distribute",
+    "mask_patches": "course_utils.masking",
+    "masking_test": "course_utils.masking",
     "distribution_scope": "course_utils.distribute",
     "count_flops": "course_utils.flops",
     "evaluate": "course_utils.training",

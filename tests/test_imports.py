@@ -16,7 +16,7 @@ PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent / "course_utils"
 LAYERS = (
     ("validation", "profiles", "analysis", "constants"),  # leaves: no course_utils imports at all
     ("data",),
-    ("augment",),
+    ("augment", "masking"),
     ("models.blocks", "models.common", "models.timm_weights"),
     ("models.vit",),
     ("models.token_learner", "models.cait", "models.patch_convnet", "models.focal_modulation",

@@ -447,54 +447,6 @@ def test_attention_recorder_rejects_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------------
-# Masking check
-# ------------------------------------------------------------------------------------------------
-def test_mask_patches_follows_the_resize_and_crop():
-    model = tiny_model()  # 16 px input -> resize 18 -> centre crop 16 -> 4x4 grid
-    viz = pc.visualization_model(model)
-    images = np.full((2, 16, 16, 3), 200, np.uint8)
-    images[1] = 100
-    masked = pc.mask_patches(viz, images, np.array([[0], [15]]), fill="zero")
-    changed = np.all(masked == 0, axis=-1)
-    # Crop offset 1 px in 18 px ~ 0.9 input px: patch 0 covers input rows/cols 0-3, patch 15 rows/cols 12-15.
-    assert changed[0, :4, :4].all() and changed[0].sum() == 16
-    assert changed[1, 12:, 12:].all() and changed[1].sum() == 16
-    np.testing.assert_array_equal(masked[~changed], images[~changed])
-    np.testing.assert_array_equal(pc.mask_patches(model, images, np.array([[0], [15]]), fill="zero"), masked)
-    everything = pc.mask_patches(viz, images, np.tile(np.arange(16), (2, 1)), fill="mean")
-    assert np.all(everything == 150)  # the mean pixel of the batch, everywhere
-    np.testing.assert_array_equal(pc.mask_patches(viz, images, np.zeros((2, 0), int)), images)
-    with pytest.raises(ValueError, match=r"patch indices must lie in \[0, 16\)"):
-        pc.mask_patches(viz, images, np.array([[16], [0]]))
-    with pytest.raises(ValueError, match="`fill` must be 'mean' or 'zero'"):
-        pc.mask_patches(viz, images, np.array([[1], [0]]), fill="noise")
-
-
-def test_masking_check_compares_attended_and_random_patches():
-    model = tiny_model()
-    viz = pc.visualization_model(model)
-    images = uint8_images(12)
-    probabilities, _ = pc.analyze(viz, images)
-    labels = np.argmax(probabilities, axis=-1)  # the model is right on all unmasked images
-    labels[:3] = (labels[:3] + 1) % 10  # ... except the first three
-    nothing = pc.attention_masking_check(viz, images, labels, patches_to_mask=0)
-    assert nothing["unmasked"] == pytest.approx(0.75)
-    assert nothing["patches"] == TINY_GRID**2
-    assert nothing["most_attended"] == nothing["random"] == nothing["least_attended"] == nothing["unmasked"]
-    everything = pc.attention_masking_check(viz, images, labels, patches_to_mask=TINY_GRID**2)
-    assert everything["most_attended"] == everything["random"] == everything["least_attended"]
-    some = pc.attention_masking_check(viz, images, labels, patches_to_mask=4, seed=1)
-    assert set(some) == {"patches_to_mask", "patches", "unmasked", "most_attended", "random", "least_attended"}
-    assert all(0.0 <= some[key] <= 1.0 for key in ("most_attended", "random", "least_attended"))
-    assert pc.attention_masking_check(viz, images, labels, patches_to_mask=4, seed=1) == some  # seeded
-    assert pc.attention_masking_check(model, images, labels, patches_to_mask=4, seed=1) == some  # the classifier too
-    with pytest.raises(ValueError, match=r"`patches_to_mask` must be an integer from 0 to 16"):
-        pc.attention_masking_check(viz, images, labels, patches_to_mask=17)
-    with pytest.raises(ValueError, match="12 images but 11 labels"):
-        pc.attention_masking_check(viz, images, labels[:11], patches_to_mask=1)
-
-
-# ------------------------------------------------------------------------------------------------
 # Profiles
 # ------------------------------------------------------------------------------------------------
 def test_full_profile_is_the_reference_size_and_recipe_with_the_papers_network():

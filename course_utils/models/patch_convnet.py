@@ -27,7 +27,6 @@ Public names (the course's model-module protocol, CONTRIBUTING.md):
     visualization_model(model), analyze(model, images)      the pooling attention over the patch grid
     trunk_blocks(model)                                     the trunk's blocks, in order
     AttentionRecorder                                       a callback keeping the maps while training
-    mask_patches, attention_masking_check                   hide what the map points at, measure accuracy
     PROFILES                                                smoke / workshop / full training profiles
 
 The ``full`` profile keeps the size and training recipe of the keras.io example this course started from
@@ -51,7 +50,6 @@ from course_utils.models.common import (
     find_layer,
     find_layers,
     image_input,
-    is_visualization_model,
     predict_outputs,
     with_outputs,
 )
@@ -599,118 +597,6 @@ class AttentionRecorder(keras.callbacks.Callback):
         _, maps = analyze(self._viz_model, self.images, batch_size=self.batch_size)
         self.frames.append(maps[ATTENTION_MAP].values.mean(axis=1))
         self.epochs.append(int(epoch))
-
-
-# --------------------------------------------------------------------------------------------
-# Is the map meaningful? Mask what it points at.
-# --------------------------------------------------------------------------------------------
-def _crop_geometry(model, input_size):
-    """``(resize_to, crop)`` of the model's preprocessing, or ``(input_size, input_size)`` without one."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Sequential) and layer.name == "preprocessing":
-            resize = layer.get_layer("resize")
-            crop = layer.get_layer("crop")
-            return resize.height, crop.size
-    return input_size, input_size
-
-
-def _patch_of_pixel(input_size, resize_to, crop, grid):
-    """For each input pixel row (or column), the index of the patch row (column) its centre falls in."""
-    centres = (np.arange(input_size) + 0.5) * resize_to / input_size - (resize_to - crop) // 2
-    return np.clip(np.floor(centres * grid / crop).astype(int), 0, grid - 1)
-
-
-def mask_patches(model, images, patch_indices, fill="mean"):
-    """Copies of ``images`` with the given attention patches painted over in input-pixel space.
-
-    The patch grid is mapped back through the model's resize and centre crop, so patch ``i`` (row-major
-    on the attention grid) covers the input pixels the model sees in that patch. Pixels outside the crop
-    are assigned to the nearest border patch.
-
-    Args:
-        model: a model from :func:`build_model` or its :func:`visualization_model` (gives the grid size
-            and the crop geometry).
-        images: uint8 ``(batch, size, size, 3)``.
-        patch_indices: int array ``(batch, k)`` of patches to mask for each image (``k`` may be 0).
-        fill: ``"mean"`` (per-channel mean pixel of ``images``) or ``"zero"`` (black).
-
-    Returns: a uint8 array shaped like ``images``.
-    """
-    images = np.asarray(images)
-    patch_indices = np.asarray(patch_indices, dtype=int).reshape(len(images), -1)
-    grid = _grid(model)[0]
-    input_size = images.shape[1]
-    if fill == "mean":
-        value = np.round(images.reshape(-1, images.shape[-1]).mean(axis=0)).astype(images.dtype)
-    elif fill == "zero":
-        value = np.zeros(images.shape[-1], dtype=images.dtype)
-    else:
-        raise ValueError(f"`fill` must be 'mean' or 'zero', got {fill!r}.")
-    if patch_indices.size and (patch_indices.min() < 0 or patch_indices.max() >= grid * grid):
-        raise ValueError(f"patch indices must lie in [0, {grid * grid}) for a {grid}x{grid} attention grid.")
-    patch_mask = np.zeros((len(images), grid * grid), dtype=bool)
-    np.put_along_axis(patch_mask, patch_indices, True, axis=1)
-    patch_mask = patch_mask.reshape(len(images), grid, grid)
-    resize_to, crop = _crop_geometry(model, input_size)
-    rows = _patch_of_pixel(input_size, resize_to, crop, grid)
-    pixel_mask = patch_mask[:, rows[:, None], rows[None, :]]  # (batch, size, size)
-    masked = images.copy()
-    masked[pixel_mask] = value
-    return masked
-
-
-def attention_masking_check(model, images, labels, patches_to_mask, seed=0, fill="mean", batch_size=128):
-    """Accuracy after masking the ``patches_to_mask`` most-attended patches versus as many random ones.
-
-    If the attention map points at the evidence the classifier uses, hiding the most-attended patches
-    should cost far more accuracy than hiding random patches of the same total area. The least-attended
-    patches are measured too, as the opposite extreme. Patches are ranked by the ``"pooling attention"``
-    map of each unmasked image (averaged over heads).
-
-    Args:
-        model: a model from :func:`build_model` or its :func:`visualization_model`.
-        images, labels: uint8 images ``(batch, size, size, 3)`` and integer labels ``(batch,)`` or
-            ``(batch, 1)``.
-        patches_to_mask: how many patches to hide per image, from 0 to the number of patches.
-        seed: seed of the random choice.
-        fill: what hidden pixels become, see :func:`mask_patches`.
-        batch_size: images per prediction step.
-
-    Returns: a dict with ``"unmasked"``, ``"most_attended"``, ``"random"`` and ``"least_attended"``
-    accuracies in [0, 1], plus ``"patches_to_mask"`` and ``"patches"`` (patches per image).
-    """
-    images = np.asarray(images)
-    labels = np.asarray(labels).reshape(-1)
-    if len(images) != len(labels):
-        raise ValueError(f"Got {len(images)} images but {len(labels)} labels.")
-    height, width = _grid(model)
-    patches = height * width
-    is_int = isinstance(patches_to_mask, (int, np.integer)) and not isinstance(patches_to_mask, bool)
-    if not is_int or not 0 <= patches_to_mask <= patches:
-        raise ValueError(
-            f"`patches_to_mask` must be an integer from 0 to {patches} (the patches per image), "
-            f"got {patches_to_mask!r}."
-        )
-    k = int(patches_to_mask)
-    viz_model = model if is_visualization_model(model) else visualization_model(model)  # one graph, 4 passes
-    probabilities, maps = analyze(viz_model, images, batch_size=batch_size)
-    attention = maps[ATTENTION_MAP].values.mean(axis=1).reshape(len(images), patches)  # averaged over the heads
-    ranking = np.argsort(-attention, axis=1, kind="stable")
-    random_order = np.argsort(np.random.default_rng(seed).random(attention.shape), axis=1)
-    choices = {
-        "most_attended": ranking[:, :k],
-        "random": random_order[:, :k],
-        "least_attended": ranking[:, patches - k:],
-    }
-
-    def accuracy(probs):
-        return float(np.mean(np.argmax(probs, axis=-1) == labels))
-
-    result = {"patches_to_mask": k, "patches": patches, "unmasked": accuracy(probabilities)}
-    for key, indices in choices.items():
-        masked = mask_patches(viz_model, images, indices, fill=fill)
-        result[key] = accuracy(analyze(viz_model, masked, batch_size=batch_size).probabilities)
-    return result
 
 
 # --------------------------------------------------------------------------------------------

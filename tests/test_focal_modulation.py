@@ -466,3 +466,30 @@ def test_full_profile_is_the_reference_configuration():
     assert model.get_layer("stem").output.shape == (None, 12, 12, 256)  # 48 px crops, patch 4
     assert model.get_layer("stage2_downsample").output.shape == (None, 3, 3, 1024)
     assert sum(1 for layer in model.layers if isinstance(layer, FocalNetBlock)) == 7
+
+
+def test_switching_a_focal_level_off_zeroes_its_gate_and_nothing_else():
+    keras.utils.set_random_seed(3)
+    model = fm.build_model(**TINY)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    before = fm.visualization_model(model).predict(images, verbose=0)
+    without = fm.without_focal_level(model, 0)
+    after = fm.visualization_model(without).predict(images, verbose=0)
+    np.testing.assert_array_equal(fm.visualization_model(model).predict(images, verbose=0)["logits"], before["logits"])
+    first = "stage0_block0_gates"
+    assert np.abs(before[first][..., 0]).max() > 0 and np.all(after[first][..., 0] == 0)
+    np.testing.assert_allclose(after[first][..., 1:], before[first][..., 1:], atol=1e-5)  # same input, same gates
+    global_off = fm.visualization_model(fm.without_focal_level(model, "global")).predict(images, verbose=0)
+    for name in ("stage0_block0_gates", "stage1_block0_gates"):  # stage 0 has 2 levels, stage 1 one
+        assert np.all(global_off[name][..., -1] == 0)
+    with pytest.raises(ValueError, match="'global' or a local level from 0 to 1"):
+        fm.without_focal_level(model, 2)
+
+
+def test_focal_level_ablation_reports_every_level():
+    model = fm.build_model(**TINY)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.argmax(model.predict(images, verbose=0), axis=-1)
+    result = fm.focal_level_ablation(model, images, labels)
+    assert list(result) == ["all levels", "without level 1", "without level 2", "without global"]
+    assert result["all levels"] == 1.0 and all(0.0 <= value <= 1.0 for value in result.values())

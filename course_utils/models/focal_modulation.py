@@ -15,6 +15,7 @@ Public names (the course's model-module protocol, CONTRIBUTING.md):
     build_model(...)                                  the classifier (uint8 CIFAR images -> logits)
     build_baseline(...)                               the plain ViT of the same size, for comparisons
     visualization_model(model), analyze(model, images)  gates and modulators
+    without_focal_level(model, level), focal_level_ablation(...)  switch a level off, measure the accuracy
     load_timm_weights(model, state_dict)              copy a timm ``FocalNet`` into ``build_model``
     PROFILES                                          smoke / workshop / full training profiles
 
@@ -689,6 +690,59 @@ def analyze(model, images, batch_size=128):
             f"strongly the query is rescaled at each position",
         )
     return analysis(outputs, maps)
+
+
+# --------------------------------------------------------------------------------------------
+# Does a level matter? Switch it off.
+# --------------------------------------------------------------------------------------------
+def without_focal_level(model, level):
+    """A copy of a FocalNet in which every block ignores one focal level; ``model`` is unchanged.
+
+    The gates are the last outputs of each block's projection ``f``: one per local level, then one for the
+    global context. Zeroing the projection's weights and bias for one gate makes that gate 0 at every
+    position, so its level adds nothing to the modulator, while everything else stays as trained.
+
+    Args:
+        model: a classifier from :func:`build_model`.
+        level: ``"global"``, or a 0-based local level; a stage with fewer levels is left as it is.
+    """
+    most = max(block.modulation.focal_level for block in _blocks_by_position(model).values())
+    is_index = isinstance(level, (int, np.integer)) and not isinstance(level, bool)
+    if level != "global" and not (is_index and 0 <= level < most):
+        raise ValueError(f"level must be 'global' or a local level from 0 to {most - 1}, got {level!r}.")
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    for block in _blocks_by_position(copy).values():
+        modulation = block.modulation
+        gate = modulation.focal_level if level == "global" else int(level)
+        if gate > modulation.focal_level:
+            continue
+        kernel = keras.ops.convert_to_numpy(modulation.f.kernel).copy()
+        bias = keras.ops.convert_to_numpy(modulation.f.bias).copy()
+        kernel[:, 2 * modulation.channels + gate], bias[2 * modulation.channels + gate] = 0.0, 0.0
+        modulation.f.kernel.assign(kernel)
+        modulation.f.bias.assign(bias)
+    return copy
+
+
+def focal_level_ablation(model, images, labels, batch_size=256):
+    """Accuracy of ``model`` on ``images``, and of its copies with each focal level switched off in turn.
+
+    Returns ``{"all levels": accuracy, "without level 1": ..., "without global": ...}`` (fractions in
+    [0, 1]): switching off a level the model relies on costs accuracy; one it ignores costs none.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    images = np.asarray(images)
+
+    def accuracy(candidate):
+        return float(np.mean(np.argmax(candidate.predict(images, batch_size=batch_size, verbose=0), -1) == labels))
+
+    most = max(block.modulation.focal_level for block in _blocks_by_position(model).values())
+    result = {"all levels": accuracy(model)}
+    for level in (*range(most), "global"):
+        name = "without global" if level == "global" else f"without level {level + 1}"
+        result[name] = accuracy(without_focal_level(model, level))
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,6 +108,28 @@ class MaskingResult:
         """Accuracy lost by hiding the most-weighted instead of random patches, per fraction (positive: the map points at evidence)."""
         return tuple(random - most for random, most in zip(self.random_mean, self.most))
 
+    def summary(self):
+        """One or two sentences on what the numbers show and what they do not.
+
+        A gap counts when it exceeds both one image and twice the standard deviation of the random draws.
+        """
+        noise = [max(1 / self.images, 2 * std) for std in self.random_std]
+        clear = [gap > margin for gap, margin in zip(self.gaps, noise)]
+        span = f"{100 * min(self.gaps):.1f} to {100 * max(self.gaps):.1f} points"
+        if all(clear):
+            verdict = (f"At every share, hiding the most-weighted patches costs more accuracy than hiding random ones "
+                       f"({span} more, beyond the spread of the random draws): the map marks patches the "
+                       "classifier uses.")
+        elif not any(clear):
+            verdict = ("Hiding the most-weighted patches costs no clearly larger drop than hiding random ones: this "
+                       "map does not single out the evidence the classifier uses.")
+        else:
+            shares = ", ".join(f"{count / self.patches:.0%}" for count, ok in zip(self.counts, clear) if ok)
+            verdict = (f"Hiding the most-weighted patches costs clearly more than random ones only at some shares "
+                       f"({shares}): weak evidence that the map marks what the classifier uses.")
+        return verdict + (" It does not show that these are the only patches the classifier uses, nor why it "
+                          "uses them.")
+
     def table(self):
         """The result as a small text table with a one-line reading aid."""
         lines = [f"masking by {self.map_name!r}: {self.images} images, {self.patches} patches each; one image = "

@@ -97,6 +97,17 @@ def test_masking_test_uses_the_ranking_of_the_map():
     result = masking_test(model, analyze, "map", images, labels, fractions=(1 / 16,), repeats=3)
     assert result.unmasked == 1.0 and result.most == (0.0,) and result.least == (1.0,)
     assert result.random_mean[0] > 0.8 and result.gaps[0] > 0.8
+    assert result.summary().startswith("At every share, hiding the most-weighted patches costs more")
+
+
+def test_summary_says_when_the_map_does_not_single_out_evidence():
+    common = dict(map_name="m", images=100, patches=64, counts=(4, 8), unmasked=0.8, least=(0.8, 0.8))
+    flat = MaskingResult(most=(0.75, 0.70), random_mean=(0.75, 0.71), random_std=(0.01, 0.01), **common)
+    assert flat.summary().startswith("Hiding the most-weighted patches costs no clearly larger drop")
+    mixed = MaskingResult(most=(0.75, 0.60), random_mean=(0.75, 0.70), random_std=(0.01, 0.01), **common)
+    assert "only at some shares (12%)" in mixed.summary()
+    noisy = MaskingResult(most=(0.70, 0.60), random_mean=(0.75, 0.70), random_std=(0.05, 0.05), **common)
+    assert noisy.summary().startswith("Hiding the most-weighted patches costs no clearly larger drop")
 
 
 def test_masking_test_works_on_another_module_and_rejects_bad_arguments():

@@ -493,3 +493,15 @@ def test_focal_level_ablation_reports_every_level():
     result = fm.focal_level_ablation(model, images, labels)
     assert list(result) == ["all levels", "without level 1", "without level 2", "without global"]
     assert result["all levels"] == 1.0 and all(0.0 <= value <= 1.0 for value in result.values())
+
+
+def test_ablation_restores_the_trained_weights_before_each_level():
+    # one reused copy: switching level 2 off must not leave level 1 switched off too
+    keras.utils.set_random_seed(4)
+    model = fm.build_model(**TINY)
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.argmax(model.predict(images, verbose=0), axis=-1)
+    result = fm.focal_level_ablation(model, images, labels)
+    for level, name in ((0, "without level 1"), (1, "without level 2"), ("global", "without global")):
+        single = np.argmax(fm.without_focal_level(model, level).predict(images, verbose=0), axis=-1)
+        assert result[name] == float(np.mean(single == labels)), name

@@ -155,18 +155,14 @@ RECIPES = {
         ),
         snapshot_epochs=(1, 3, 12, 25, 50),
     ),
-    "token_learner_baseline": Recipe(
-        module="token_learner",
-        builder="build_baseline",
-        notebook="01_token_learner",
-        profile=_checkpoint_profile(
-            epochs=50, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=5,
-            model=_workshop_model("token_learner", resize_to=36),
-            note="notebook 01's ViT without TokenLearner, trained exactly as its TokenLearner twin",
-        ),
-        snapshot_epochs=(1, 3, 12, 25, 50),
-    ),
 }
+# Notebook 01's ViT without TokenLearner: the same recipe as its twin, only the builder differs.
+RECIPES["token_learner_baseline"] = dataclasses.replace(
+    RECIPES["token_learner"],
+    builder="build_baseline",
+    profile=dataclasses.replace(RECIPES["token_learner"].profile,
+                                note="notebook 01's ViT without TokenLearner, trained exactly as its TokenLearner twin"),
+)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -227,9 +227,10 @@ def test_recurrence_equals_running_the_chunks_by_hand():
         step_scores, (state,) = layer.cell(chunks[:, k], [state], training=False)
         state = to_numpy(state)
         np.testing.assert_allclose(
-            to_numpy(step_scores).reshape(2, 2, 3, 4), scores[:, k], atol=1e-5, err_msg=f"chunk {k}"
+            to_numpy(step_scores).reshape(2, 2, 3, 4), scores[:, k], rtol=1e-5, atol=1e-5, err_msg=f"chunk {k}"
         )
-    np.testing.assert_allclose(state.reshape(2, 3, 8), slow, atol=1e-5)
+    # rtol too: on JAX the scanned and the step-by-step graphs round differently (1.2e-5 on values near 6.6)
+    np.testing.assert_allclose(state.reshape(2, 3, 8), slow, rtol=1e-5, atol=1e-5)
     # The slow stream carries information: changing the first chunk changes the final state.
     changed = chunks.copy()
     changed[:, 0] = random_inputs((2, 4, 8), seed=9)

@@ -247,8 +247,7 @@ def load_pretrained(name, epoch=None, directory=None):
     if sha256(path) != record["sha256"]:
         raise CheckpointError(f"The checkpoint file {path} is corrupt: its SHA-256 differs from the manifest's. {fix}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = [archive[key] for key in sorted(archive.files)]
+        arrays = read_weights(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"The checkpoint file {path} cannot be read ({error}). {fix}") from error
     model = _build_from(entry["module"], entry["builder"], entry["arguments"])
@@ -292,6 +291,12 @@ def assign_weights(model, arrays, source="the checkpoint"):
             )
     for variable, array in zip(variables, arrays):
         variable.assign(array.astype(variable.dtype))
+
+
+def read_weights(path):
+    """The arrays of a file written by :func:`save_weights`, in ``model.weights`` order."""
+    with np.load(path, allow_pickle=False) as archive:
+        return [archive[key] for key in sorted(archive.files)]  # keys are zero-padded indices
 
 
 def save_weights(model, path, dtype="float16"):
@@ -410,8 +415,7 @@ def pretrain(name, output=None, epochs=None, install=False, source=None, verbose
     snapshots = []
     for epoch in snapshot_epochs:
         run_file = folder / _snapshot_file("run", epoch)
-        with np.load(run_file) as archive:
-            assign_weights(model, [archive[key] for key in sorted(archive.files)], run_file)
+        assign_weights(model, read_weights(run_file), run_file)
         if epoch == profile.epochs:
             final_accuracy = accuracy32
             if dtype == "float16":

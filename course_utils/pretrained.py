@@ -155,6 +155,18 @@ RECIPES = {
         ),
         snapshot_epochs=(1, 3, 12, 25, 50),
     ),
+    "temporal_latent_bottleneck": Recipe(
+        module="temporal_latent_bottleneck",
+        builder="build_model",
+        notebook="05_temporal_latent_bottleneck",
+        profile=_checkpoint_profile(
+            epochs=40, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=4,
+            model=_workshop_model("temporal_latent_bottleneck", resize_to=36),
+            note="the workshop TLB (width 64, 4 chunks of 16 patches, 8 latents, 2 perceptual layers), 40 epochs on "
+            "40,000 images",
+        ),
+        snapshot_epochs=(1, 3, 10, 20, 40),
+    ),
 }
 # Notebook 01's ViT without TokenLearner: the same recipe as its twin, only the builder differs.
 RECIPES["token_learner_baseline"] = dataclasses.replace(
@@ -162,6 +174,13 @@ RECIPES["token_learner_baseline"] = dataclasses.replace(
     builder="build_baseline",
     profile=dataclasses.replace(RECIPES["token_learner"].profile,
                                 note="notebook 01's ViT without TokenLearner, trained exactly as its TokenLearner twin"),
+)
+# Notebook 05's ViT over all 64 patch tokens at once, trained exactly as the TLB it is compared with.
+RECIPES["temporal_latent_bottleneck_baseline"] = dataclasses.replace(
+    RECIPES["temporal_latent_bottleneck"],
+    builder="build_baseline",
+    profile=dataclasses.replace(RECIPES["temporal_latent_bottleneck"].profile,
+                                note="notebook 05's ViT (no chunks, no slow stream), trained exactly as its TLB twin"),
 )
 
 

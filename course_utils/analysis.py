@@ -53,6 +53,27 @@ class MapSet:
     def batch_size(self):
         return self.values.shape[0]
 
+    def item_correlation(self):
+        """How alike the items' maps of one image are: the mean correlation over pairs of items and images.
+
+        1.0 means every item draws the same map (up to scale and offset), 0 means unrelated maps; a constant
+        map counts as unrelated to any other. It is the number to read before saying that tokens or heads
+        "specialise". Needs at least two items.
+
+        >>> ramp = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> round(MapSet(np.concatenate([ramp, 2 * ramp + 1], axis=1), items=("a", "b")).item_correlation(), 3)
+        1.0
+        """
+        batch, count = self.values.shape[:2]
+        if count < 2:
+            raise ValueError(f"item_correlation needs at least two items per image, this MapSet has {count}.")
+        flat = self.values.reshape(batch, count, -1).astype(np.float64)
+        flat -= flat.mean(axis=-1, keepdims=True)
+        flat /= np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+        correlations = flat @ flat.transpose(0, 2, 1)
+        off_diagonal = correlations.sum(axis=(1, 2)) - np.trace(correlations, axis1=1, axis2=2)
+        return float(off_diagonal.mean() / (count * (count - 1)))
+
 
 def numbered(what, count):
     """``("what 1", ..., "what count")``: item labels numbered from 1, as figures show them.

@@ -88,3 +88,19 @@ def test_map_set_checks_its_labels_and_shape():
         MapSet(np.zeros((2, 3, 3)), ("a", "b"))
     maps = MapSet(np.zeros((1, 2, 3, 4), dtype="float64"), numbered("head", 2), signed=True)
     assert maps.values.dtype == np.float32 and maps.grid == (3, 4) and maps.items == ("head 1", "head 2")
+
+
+def test_item_correlation_is_one_for_copies_zero_for_unrelated_and_negative_for_opposites():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 1, 4, 4))
+    copies = MapSet(np.concatenate([base, 3 * base + 2, 0.5 * base], axis=1), numbered("token", 3))
+    assert copies.item_correlation() == pytest.approx(1.0, abs=1e-6)
+    opposite = MapSet(np.concatenate([base, -base], axis=1), numbered("token", 2))
+    assert opposite.item_correlation() == pytest.approx(-1.0, abs=1e-6)
+    unrelated = MapSet(rng.normal(size=(200, 2, 16, 16)), numbered("token", 2))
+    assert abs(unrelated.item_correlation()) < 0.02
+    # a constant map has no pattern to share: it counts as unrelated, not as a copy
+    flat = MapSet(np.concatenate([base, np.ones_like(base)], axis=1), numbered("token", 2))
+    assert flat.item_correlation() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="at least two items"):
+        MapSet(base, ("all",)).item_correlation()

@@ -1,7 +1,8 @@
 """Docstring examples: every layer and model builder has one, and every example in the package runs.
 
-The examples run as doctests on the active Keras backend (tests/test_backends.py re-runs this file on the
-other two), so an example that stops matching the code fails here.
+The examples run as doctests on the active Keras backend (TensorFlow in CI), so an example that stops matching
+the code fails here. They are documentation: the layers and builders they show are tested on all three backends
+by the other test files, so tests/test_backends.py does not re-run this one.
 """
 
 import doctest

@@ -132,3 +132,15 @@ def test_the_builder_makes_the_notebook_model():
     assert model.output_shape == (None, 10)
     assert model.count_params() == patch_convnet.build_model(**profile.model).count_params()
     assert call.startswith(f"patch_convnet.build_model(embed_dim={profile.model['embed_dim']}, ")
+
+
+def test_linear_baseline_prints_a_row_with_an_accuracy_above_chance(capsys):
+    spec = importlib.util.spec_from_file_location("linear_baseline", REPOSITORY / "benchmarks" / "linear_baseline.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--epochs", "1"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "linear classifier on raw pixels" and cells[1] == "1 (1)"
+    test_accuracy = float(cells[3].rstrip("%"))
+    assert 20 < test_accuracy < 50, row  # chance is 10%; one epoch of softmax regression lands near 30%

@@ -457,14 +457,15 @@ def plot_maps_over_time(frames, images, frame_labels, alpha=0.6, row_labels=None
     """Rows = images, columns = frames (T arrays of (B, h, w)) titled by ``frame_labels``.
 
     Every panel shares one absolute scale (colour bar at the bottom), so a map that fades or sharpens
-    from one frame to the next shows it. ``row_labels`` name the rows (default "image 1", ...).
+    from one frame to the next shows it. Frames may differ in grid (a model with larger patches next to
+    one with smaller). ``row_labels`` name the rows (default "image 1", ...).
     """
     images = _check_images(images)
     frames = _check_frames(frames, images, frame_labels)
     row_labels = [f"image {row + 1}" for row in range(len(images))] if row_labels is None else list(row_labels)
     if len(row_labels) != len(images):
         raise ValueError(f"expected one row label per image ({len(images)}), got {len(row_labels)}")
-    scale = map_scale(np.stack(frames), signed)
+    scale = map_scale(np.concatenate([frame.ravel() for frame in frames]), signed)
     fig, axes = plt.subplots(len(images), len(frames), figsize=(1.6 * len(frames) + 0.8, 1.6 * len(images) + 0.7),
                              squeeze=False, layout="constrained")
     _constrained(fig)
@@ -505,7 +506,7 @@ def explore_over_time(frames, images, frame_labels, static=None, row_labels=None
     from IPython.display import display
 
     frames = _check_frames(frames, images, frame_labels)
-    scale = map_scale(np.stack(frames), signed)
+    scale = map_scale(np.concatenate([frame.ravel() for frame in frames]), signed)
     time_slider = widgets.IntSlider(value=len(frames) - 1, min=0, max=len(frames) - 1, description="time")
     image_slider = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
     output = widgets.Output()

@@ -427,6 +427,14 @@ def test_plot_maps_over_time_text_never_overlaps(count):
     assert assert_no_text_overlaps(fig) >= 5
 
 
+def test_plot_maps_over_time_puts_maps_of_different_grids_on_one_scale():
+    coarse, fine = np.full((2, 4, 4), 0.5), np.random.default_rng(0).random((2, 8, 8))
+    fig = viz.plot_maps_over_time([coarse, fine], make_images(2), ["4 x 4 patches", "8 x 8 patches"])
+    assert grid_shape(fig) == (2, 2)
+    limits = {ax.get_images()[1].get_clim() for ax in panels(fig)}
+    assert len(limits) == 1 and limits.pop() == (0.0, pytest.approx(float(fine.max())))
+
+
 def test_plot_maps_over_time_rejects_mismatched_frames():
     with pytest.raises(ValueError, match=r"\(B=3, h, w\)"):
         viz.plot_maps_over_time([np.zeros((2, 4, 4))], make_images(3), ["epoch 1"])

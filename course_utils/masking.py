@@ -79,6 +79,17 @@ def mask_patches(model, images, patch_indices, grid, fill="mean"):
     return masked
 
 
+def rank_patches(values):
+    """Each image's patch indices (row-major on its grid), most-weighted first: the order the masking test hides.
+
+    ``values`` is a map ``(batch, items, rows, columns)``, for example ``analyze(...).maps[name].values``; its
+    items (heads, tokens) are averaged first. Equal weights keep their row-major order.
+    Returns an int array ``(batch, rows * columns)``.
+    """
+    values = np.asarray(values).mean(axis=1)
+    return np.argsort(-values.reshape(len(values), -1), axis=1, kind="stable")
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskingResult:
     """Accuracies of :func:`masking_test`, one entry per masked fraction.
@@ -172,10 +183,9 @@ def masking_test(model, analyze, map_name, images, labels, fractions=DEFAULT_FRA
     probabilities, maps = analyze(model, images, batch_size=batch_size)
     if map_name not in maps:
         raise ValueError(f"analyze() returned no map {map_name!r}: choose one of {sorted(maps)}.")
-    values = maps[map_name].values.mean(axis=1)  # (batch, rows, columns), averaged over heads / tokens
-    grid = values.shape[1:]
+    grid = maps[map_name].values.shape[2:]
     patches = grid[0] * grid[1]
-    ranking = np.argsort(-values.reshape(len(images), patches), axis=1, kind="stable")
+    ranking = rank_patches(maps[map_name].values)
     rng = np.random.default_rng(seed)
 
     def accuracy_hiding(indices):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from course_utils.masking import MaskingResult, crop_geometry, mask_patches, masking_test
+from course_utils.masking import MaskingResult, crop_geometry, mask_patches, masking_test, rank_patches
 from course_utils.models import cait
 from course_utils.models import patch_convnet as pc
 
@@ -122,3 +122,14 @@ def test_masking_test_works_on_another_module_and_rejects_bad_arguments():
         masking_test(model, cait.analyze, name, images, labels, fractions=(0.0,))
     with pytest.raises(ValueError, match="4 images but 3 labels"):
         masking_test(model, cait.analyze, name, images, labels[:3])
+
+
+def test_rank_patches_averages_the_items_and_puts_the_heaviest_first():
+    values = np.zeros((2, 2, 2, 3))  # 2 images, 2 heads, a 2 x 3 grid
+    values[0, 0, 1, 2] = 4.0  # image 0: cell 5 by far the heaviest in head 0 ...
+    values[0, 1, 0, 1] = 3.0  # ... cell 1 next, in head 1 only
+    values[1, :, 0, 0] = -1.0  # image 1: cell 0 the lightest, the others tied at 0
+    ranking = rank_patches(values)
+    assert ranking.shape == (2, 6)
+    assert list(ranking[0, :2]) == [5, 1]
+    assert list(ranking[1]) == [1, 2, 3, 4, 5, 0]  # ties keep the row-major order

@@ -178,44 +178,77 @@ def assert_outcome(expected, result, printed, hint_fragment=None):
         assert any("not answered yet" in line for line in lines) and exercises.FAIL not in printed, printed
 
 
+def test_reference_model_is_built_once_per_setting():
+    first = exercises.reference_model("token_learner", **{**VIT, "num_tokens": 4})
+    assert exercises.reference_model("token_learner", **{**VIT, "num_tokens": 4}) is first
+    other = exercises.reference_model("token_learner", **{**VIT, "num_tokens": 2})
+    assert other is not first and exercises.token_learner_tokens(other)[1] == 2
+    assert exercises.model_settings(tl.PROFILES["smoke"]) == VIT == exercises.model_settings(VIT)
+
+
+def test_check_computed_names_the_slip_it_recognises():
+    expected = np.arange(6.0).reshape(2, 3)
+    slips = [(2 * expected, "SLIP")]
+    assert_outcome(True, *run_and_capture(exercises.check_computed, expected + 1e-6, expected, "x", "HINT", slips))
+    result, printed = run_and_capture(exercises.check_computed, 2 * expected, expected, "x", "HINT", slips)
+    assert result is False and "SLIP" in printed and "HINT" not in printed
+    result, printed = run_and_capture(exercises.check_computed, expected + 1, expected, "x", "HINT", slips)
+    assert result is False and "HINT" in printed and "SLIP" not in printed
+    result, printed = run_and_capture(exercises.check_computed, np.ones(3), expected, "x", "HINT", slips)
+    assert result is False and "shape (2, 3)" in printed
+    assert_outcome(None, *run_and_capture(exercises.check_computed, ..., expected, "x", "HINT", slips))
+
+
 def test_check_token_learner_tokens():
-    reference = tl.build_model(num_tokens=4, **VIT)
     right = tl.build_model(num_tokens=4, **VIT)
     wrong = tl.build_model(num_tokens=8, **VIT)
     check = exercises.check_token_learner_tokens
-    assert_outcome(True, *run_and_capture(check, right, reference, 4 * 4))
-    assert_outcome(False, *run_and_capture(check, wrong, reference, 4 * 4), "num_tokens")
-    assert_outcome(False, *run_and_capture(check, tl.build_baseline(**VIT), reference, 4 * 4), "no TokenLearner layer")
-    assert_outcome(False, *run_and_capture(check, right, reference, 8 * 8), "pair")
-    assert_outcome(None, *run_and_capture(check, None, reference, ...))
-    assert_outcome(None, *run_and_capture(check, right, reference, ...))
+    assert_outcome(True, *run_and_capture(check, right, 4 * 4, tl.PROFILES["smoke"]))
+    assert_outcome(True, *run_and_capture(check, right, 4 * 4, VIT))
+    assert_outcome(False, *run_and_capture(check, wrong, 4 * 4, VIT), "num_tokens")
+    assert_outcome(False, *run_and_capture(check, tl.build_baseline(**VIT), 4 * 4, VIT), "no TokenLearner layer")
+    assert_outcome(False, *run_and_capture(check, right, 8 * 8, VIT), "pair")
+    assert_outcome(None, *run_and_capture(check, None, ..., VIT))
+    assert_outcome(None, *run_and_capture(check, right, ..., VIT))
 
 
 def test_check_token_learner_position():
-    reference = tl.build_model(token_learner_after=0, **VIT)
     middle = tl.build_model(**VIT)
     check = exercises.check_token_learner_position
     depth, half = VIT["depth"], VIT["depth"] // 2
     early, in_the_middle = [8] * depth, [VIT_PATCHES] * half + [8] * (depth - half)
-    assert exercises.tokens_per_block(reference) == early and exercises.tokens_per_block(middle) == in_the_middle
-    assert_outcome(True, *run_and_capture(check, tl.build_model(token_learner_after=0, **VIT), reference, early))
-    assert_outcome(False, *run_and_capture(check, middle, reference, early), "token_learner_after")
-    assert_outcome(False, *run_and_capture(check, reference, reference, in_the_middle), "blocks before")
-    assert_outcome(None, *run_and_capture(check, None, reference, ...))
+    assert exercises.tokens_per_block(middle) == in_the_middle
+    right = tl.build_model(token_learner_after=0, **VIT)
+    assert exercises.tokens_per_block(right) == early
+    assert_outcome(True, *run_and_capture(check, right, early, VIT))
+    assert_outcome(False, *run_and_capture(check, middle, early, VIT), "token_learner_after")
+    assert_outcome(False, *run_and_capture(check, right, in_the_middle, VIT), "blocks before")
+    assert_outcome(None, *run_and_capture(check, None, ..., VIT))
+
+
+def test_check_token_pooling():
+    features = keras.ops.convert_to_tensor(random_inputs((2, 4, 4, 8)))
+    learner = tl.TokenLearner(num_tokens=3)
+    _, maps = learner(features)
+    right = keras.ops.einsum("bthw,bhwc->btc", maps, features) / 16
+    check = exercises.check_token_pooling
+    assert_outcome(True, *run_and_capture(check, right, learner, features))
+    assert_outcome(False, *run_and_capture(check, right * 16, learner, features), "mean")
+    normalised = keras.ops.einsum("bthw,bhwc->btc", maps, learner.norm(features)) / 16
+    assert_outcome(False, *run_and_capture(check, normalised, learner, features), "features themselves")
+    assert_outcome(False, *run_and_capture(check, right[:, :2], learner, features), "shape (2, 3, 8)")
+    assert_outcome(None, *run_and_capture(check, ..., learner, features))
 
 
 def test_check_without_layer_scale():
-    reference = cait.build_model(**CAIT, use_layer_scale=False)
-    with_layer_scale = cait.build_model(**CAIT)
     added = 2 * CAIT["embed_dim"] * (CAIT["depth"] + CAIT["class_attention_depth"])  # 2 branches per block
-    assert with_layer_scale.count_params() - reference.count_params() == added
     check = exercises.check_without_layer_scale
-    assert_outcome(True, *run_and_capture(check, cait.build_model(**CAIT, use_layer_scale=False), reference,
-                                          with_layer_scale, added))
-    assert_outcome(False, *run_and_capture(check, with_layer_scale, reference, with_layer_scale, added),
-                   "use_layer_scale")
-    assert_outcome(False, *run_and_capture(check, reference, reference, with_layer_scale, added // 2), "branches")
-    assert_outcome(None, *run_and_capture(check, None, reference, with_layer_scale, ...))
+    right = cait.build_model(**CAIT, use_layer_scale=False)
+    assert cait.build_model(**CAIT).count_params() - right.count_params() == added
+    assert_outcome(True, *run_and_capture(check, right, added, CAIT))
+    assert_outcome(False, *run_and_capture(check, cait.build_model(**CAIT), added, CAIT), "use_layer_scale")
+    assert_outcome(False, *run_and_capture(check, right, added // 2, CAIT), "branches")
+    assert_outcome(None, *run_and_capture(check, None, ..., CAIT))
 
 
 def _update_blocks():
@@ -261,34 +294,57 @@ def test_check_residual_update():
 
 def test_check_class_attention():
     settings = {**CAIT, "class_attention_depth": 1}
-    reference = cait.build_model(**settings)
     heads = CAIT["num_heads"]
     class_shape, patch_shape = (None, heads, 1 + CAIT_PATCHES), (None, heads, CAIT_PATCHES, CAIT_PATCHES)
     check = exercises.check_class_attention
-    assert_outcome(True, *run_and_capture(check, cait.build_model(**settings), reference, class_shape, patch_shape))
-    assert_outcome(False, *run_and_capture(check, cait.build_model(**CAIT), reference, class_shape, patch_shape),
+    right = cait.build_model(**settings)
+    assert_outcome(True, *run_and_capture(check, right, class_shape, patch_shape, CAIT))
+    assert_outcome(False, *run_and_capture(check, cait.build_model(**CAIT), class_shape, patch_shape, CAIT),
                    "class_attention_depth")
     wrong_class, wrong_patch = (None, heads, CAIT_PATCHES), (None, heads, 1 + CAIT_PATCHES, 1 + CAIT_PATCHES)
-    assert_outcome(False, *run_and_capture(check, reference, reference, wrong_class, patch_shape), "class token")
-    assert_outcome(False, *run_and_capture(check, reference, reference, class_shape, wrong_patch), "patch")
-    assert_outcome(None, *run_and_capture(check, reference, reference, (None, ..., ...), patch_shape))
+    assert_outcome(False, *run_and_capture(check, right, wrong_class, patch_shape, CAIT), "class token")
+    assert_outcome(False, *run_and_capture(check, right, class_shape, wrong_patch, CAIT), "patch")
+    assert_outcome(None, *run_and_capture(check, right, (None, ..., ...), patch_shape, CAIT))
+
+
+def test_check_class_attention_row():
+    tokens = keras.ops.convert_to_tensor(random_inputs((2, 1 + 8, 16)))
+    layer = cait.ClassAttention(num_heads=2)
+    layer(tokens)
+    head, width = 1, 8
+    channels = slice(head * width, (head + 1) * width)
+    query = keras.ops.convert_to_numpy(layer.query(tokens[:, :1]))[..., channels]
+    keys = keras.ops.convert_to_numpy(layer.key(tokens))[..., channels]
+    values = keras.ops.convert_to_numpy(layer.value(tokens))[..., channels]
+    logits = np.einsum("bqc,bkc->bk", query, keys)
+    row = keras.ops.convert_to_numpy(keras.ops.softmax(logits / np.sqrt(width), axis=-1))
+    attended = np.einsum("bk,bkc->bc", row, values)
+    check = exercises.check_class_attention_row
+    assert_outcome(True, *run_and_capture(check, row, attended, layer, tokens, head))
+    unscaled = keras.ops.softmax(logits, axis=-1)
+    assert_outcome(False, *run_and_capture(check, unscaled, attended, layer, tokens, head), "1 / sqrt(head width)")
+    wrong_axis = keras.ops.softmax(logits / np.sqrt(width), axis=0)
+    assert_outcome(False, *run_and_capture(check, wrong_axis, attended, layer, tokens, head), "last axis")
+    with_keys = np.einsum("bk,bkc->bc", row, keys)
+    assert_outcome(False, *run_and_capture(check, row, with_keys, layer, tokens, head), "not the keys")
+    other_head = keras.ops.convert_to_numpy(layer(tokens)[1])[:, 0]
+    assert_outcome(False, *run_and_capture(check, other_head, attended, layer, tokens, head), "Hint")
+    assert_outcome(None, *run_and_capture(check, row, ..., layer, tokens, head))
 
 
 def test_check_trunk_depth():
-    baseline = pc.build_model(**CONVNET)
     settings = {**CONVNET, "depth": CONVNET["depth"] + 2}
-    reference = pc.build_model(**settings)
-    per_block = sum(int(np.prod(w.shape)) for w in pc.trunk_blocks(reference)[0].weights)
+    right = pc.build_model(**settings)
+    per_block = sum(int(np.prod(w.shape)) for w in pc.trunk_blocks(right)[0].weights)
     check = exercises.check_trunk_depth
     grid = CONVNET["image_size"] // CONVNET["patch_size"]
     map_shape = (None, CONVNET.get("num_heads", 1), grid, grid)
-    assert_outcome(True, *run_and_capture(check, pc.build_model(**settings), reference, baseline, per_block,
-                                          map_shape))
-    assert_outcome(False, *run_and_capture(check, baseline, reference, baseline, per_block, map_shape), "depth")
-    assert_outcome(False, *run_and_capture(check, reference, reference, baseline, per_block + 1, map_shape), "weights")
+    assert_outcome(True, *run_and_capture(check, right, per_block, map_shape, CONVNET))
+    assert_outcome(False, *run_and_capture(check, pc.build_model(**CONVNET), per_block, map_shape, CONVNET), "depth")
+    assert_outcome(False, *run_and_capture(check, right, per_block + 1, map_shape, CONVNET), "weights")
     coarser = (None, map_shape[1], grid // 2, grid // 2)
-    assert_outcome(False, *run_and_capture(check, reference, reference, baseline, per_block, coarser), "grid")
-    assert_outcome(None, *run_and_capture(check, None, reference, baseline, ..., (None, ..., ..., ...)))
+    assert_outcome(False, *run_and_capture(check, right, per_block, coarser, CONVNET), "grid")
+    assert_outcome(None, *run_and_capture(check, None, ..., (None, ..., ..., ...), CONVNET))
 
 
 def test_check_pooling_weights():
@@ -306,33 +362,79 @@ def test_check_pooling_weights():
     assert_outcome(None, *run_and_capture(check, pooling, patch_vectors, ..., ...))
 
 
+def test_check_top_patches():
+    maps = random_inputs((3, 2, 4, 4))
+    count = 5
+    flat = maps.mean(axis=1).reshape(3, 16)
+    hidden = np.argsort(-flat, axis=1)[:, :count]
+    cells = np.zeros((3, 16), dtype=bool)
+    np.put_along_axis(cells, hidden, True, axis=1)
+    cells = cells.reshape(3, 4, 4)
+    check = exercises.check_top_patches
+    assert_outcome(True, *run_and_capture(check, hidden, cells, maps, count))
+    assert_outcome(True, *run_and_capture(check, hidden[:, ::-1].tolist(), cells, maps, count))  # any order
+    assert_outcome(False, *run_and_capture(check, np.argsort(flat, axis=1)[:, :count], cells, maps, count),
+                   "least")
+    head_0 = np.argsort(-maps[:, 0].reshape(3, 16), axis=1)[:, :count]
+    assert_outcome(False, *run_and_capture(check, head_0, cells, maps, count), "all heads")
+    assert_outcome(False, *run_and_capture(check, hidden, cells.transpose(0, 2, 1), maps, count), "swapped")
+    assert_outcome(False, *run_and_capture(check, hidden[:, :2], cells, maps, count), "shape (3, 5)")
+    assert_outcome(None, *run_and_capture(check, ..., None, maps, count))
+
+
 def test_check_focal_levels():
     feature_map = keras.ops.convert_to_tensor(random_inputs((2, 8, 8, 16)))
     check = exercises.check_focal_levels
-    reference = fm.FocalModulation(focal_level=3)
-    assert_outcome(True, *run_and_capture(check, fm.FocalModulation(focal_level=3), reference, feature_map,
-                                          (2, 8, 8, 4), 13))
-    assert_outcome(False, *run_and_capture(check, fm.FocalModulation(focal_level=2), reference, feature_map,
-                                           (2, 8, 8, 4), 13), "focal_level")
-    assert_outcome(False, *run_and_capture(check, reference, reference, feature_map, (2, 8, 8, 3), 13), "global")
-    assert_outcome(False, *run_and_capture(check, reference, reference, feature_map, (2, 8, 8, 4), 7), "k - 1")
-    assert_outcome(None, *run_and_capture(check, None, reference, feature_map, (2, 8, 8, ...), ...))
+    right = fm.FocalModulation(focal_level=3)
+    assert_outcome(True, *run_and_capture(check, right, (2, 8, 8, 4), 13, feature_map))
+    assert_outcome(False, *run_and_capture(check, fm.FocalModulation(focal_level=2), (2, 8, 8, 4), 13, feature_map),
+                   "focal_level")
+    assert_outcome(False, *run_and_capture(check, right, (2, 8, 8, 3), 13, feature_map), "global")
+    assert_outcome(False, *run_and_capture(check, right, (2, 8, 8, 4), 7, feature_map), "k - 1")
+    assert_outcome(None, *run_and_capture(check, None, (2, 8, 8, ...), ..., feature_map))
 
 
 def test_check_focal_window():
     feature_map = keras.ops.convert_to_tensor(random_inputs((2, 8, 8, 16)))
     check = exercises.check_focal_window
-    reference, baseline = fm.FocalModulation(focal_level=2, focal_window=5), fm.FocalModulation(focal_level=2)
     extra = 16 * (5**2 + 7**2) - 16 * (3**2 + 5**2)
-    assert_outcome(True, *run_and_capture(check, fm.FocalModulation(focal_level=2, focal_window=5), reference,
-                                          baseline, feature_map, [5, 7], extra))
-    assert_outcome(False, *run_and_capture(check, fm.FocalModulation(focal_level=2), reference, baseline,
-                                           feature_map, [5, 7], extra), "focal_window")
-    assert_outcome(False, *run_and_capture(check, reference, reference, baseline, feature_map, [3, 5], extra),
-                   "focal_factor")
-    assert_outcome(False, *run_and_capture(check, reference, reference, baseline, feature_map, [5, 7], extra * 16),
-                   "filter per channel")
-    assert_outcome(None, *run_and_capture(check, None, reference, baseline, feature_map, [..., ...], ...))
+    right = fm.FocalModulation(focal_level=2, focal_window=5)
+    assert_outcome(True, *run_and_capture(check, right, [5, 7], extra, feature_map))
+    assert_outcome(False, *run_and_capture(check, fm.FocalModulation(focal_level=2), [5, 7], extra, feature_map),
+                   "focal_window")
+    assert_outcome(False, *run_and_capture(check, right, [3, 5], extra, feature_map), "focal_factor")
+    assert_outcome(False, *run_and_capture(check, right, [5, 7], extra * 16, feature_map), "filter per channel")
+    assert_outcome(None, *run_and_capture(check, None, [..., ...], ..., feature_map))
+
+
+def _modulator_by_hand(layer, feature_map, stacked=True, with_global=True):
+    """The learner's side of the gated-sum exercise, written independently of exercises._gated_sum."""
+    query, context, gates = keras.ops.split(layer.f(feature_map), [16, 32], axis=-1)
+    first, aggregated = context, 0.0
+    for level, conv in enumerate(layer.focal_layers):
+        context = conv(context if stacked else first)
+        aggregated = aggregated + gates[..., level : level + 1] * context
+    if with_global:
+        global_context = keras.ops.gelu(keras.ops.mean(context, axis=(1, 2), keepdims=True), approximate=False)
+        aggregated = aggregated + gates[..., -1:] * global_context
+    return aggregated
+
+
+def test_check_gated_sum():
+    feature_map = keras.ops.convert_to_tensor(random_inputs((2, 8, 8, 16)))
+    layer = fm.FocalModulation(focal_level=2)
+    layer(feature_map)
+    check = exercises.check_gated_sum
+    right = layer.h(_modulator_by_hand(layer, feature_map))
+    assert_outcome(True, *run_and_capture(check, right, layer, feature_map))
+    assert_outcome(False, *run_and_capture(check, layer.h(_modulator_by_hand(layer, feature_map, with_global=False)),
+                                           layer, feature_map), "global level")
+    assert_outcome(False, *run_and_capture(check, layer.h(_modulator_by_hand(layer, feature_map, stacked=False)),
+                                           layer, feature_map), "stacked")
+    assert_outcome(False, *run_and_capture(check, _modulator_by_hand(layer, feature_map), layer, feature_map),
+                   "layer.h")
+    assert_outcome(False, *run_and_capture(check, right[..., :8], layer, feature_map), "shape (2, 8, 8, 16)")
+    assert_outcome(None, *run_and_capture(check, None, layer, feature_map))
 
 
 TLB_SETTINGS = dict(image_size=32, patch_size=8, embed_dim=16, chunk_size=4, num_latents=4, depth=1, r=1,
@@ -341,30 +443,60 @@ TLB_SETTINGS = dict(image_size=32, patch_size=8, embed_dim=16, chunk_size=4, num
 
 def test_check_chunk_size():
     check = exercises.check_chunk_size
-    reference = tlb.build_model(**{**TLB_SETTINGS, "chunk_size": 8})
     right = tlb.build_model(**{**TLB_SETTINGS, "chunk_size": 8})
-    assert_outcome(True, *run_and_capture(check, right, reference, 2, (2, 2, 4, 8)))
-    assert_outcome(False, *run_and_capture(check, tlb.build_model(**TLB_SETTINGS), reference, 2, (2, 2, 4, 8)),
-                   "chunk_size")
-    assert_outcome(False, *run_and_capture(check, right, reference, 4, (2, 2, 4, 8)), "patch grid")
-    assert_outcome(False, *run_and_capture(check, right, reference, 2, (2, 4, 2, 8)), "head and latent")
-    assert_outcome(None, *run_and_capture(check, None, reference, ..., (..., 2, 4, 8)))
+    assert_outcome(True, *run_and_capture(check, right, 2, (2, 2, 4, 8), TLB_SETTINGS, chunk_size=8))
+    assert_outcome(False, *run_and_capture(check, tlb.build_model(**TLB_SETTINGS), 2, (2, 2, 4, 8), TLB_SETTINGS,
+                                           chunk_size=8), "chunk_size")
+    assert_outcome(False, *run_and_capture(check, right, 4, (2, 2, 4, 8), TLB_SETTINGS, chunk_size=8), "patch grid")
+    assert_outcome(False, *run_and_capture(check, right, 2, (2, 4, 2, 8), TLB_SETTINGS, chunk_size=8),
+                   "head and latent")
+    assert_outcome(None, *run_and_capture(check, None, ..., (..., 2, 4, 8), TLB_SETTINGS, chunk_size=8))
 
 
 def test_check_bottleneck_size():
     check = exercises.check_bottleneck_size
     model = tlb.build_model(**TLB_SETTINGS)
-    reference = tlb.build_model(**{**TLB_SETTINGS, "num_latents": 2})
-    fewer = model.count_params() - reference.count_params()
-    assert fewer > 0
     right = tlb.build_model(**{**TLB_SETTINGS, "num_latents": 2})
-    assert_outcome(True, *run_and_capture(check, right, reference, model, 4 * 16, 4 * 16, fewer))
-    assert_outcome(False, *run_and_capture(check, model, reference, model, 64, 64, fewer), "num_latents")
-    assert_outcome(False, *run_and_capture(check, tlb.build_baseline(**TLB_SETTINGS), reference, model, 64, 64, fewer),
+    fewer = model.count_params() - right.count_params()
+    assert fewer > 0
+    assert_outcome(True, *run_and_capture(check, right, 4 * 16, 4 * 16, fewer, TLB_SETTINGS))
+    assert_outcome(False, *run_and_capture(check, model, 64, 64, fewer, TLB_SETTINGS), "num_latents")
+    assert_outcome(False, *run_and_capture(check, tlb.build_baseline(**TLB_SETTINGS), 64, 64, fewer, TLB_SETTINGS),
                    "no TemporalLatentBottleneck layer")
-    assert_outcome(False, *run_and_capture(check, right, reference, model, 16, 64, fewer), "width embed_dim")
-    assert_outcome(False, *run_and_capture(check, right, reference, model, 64, 64, fewer * 10), "Attention weights")
-    assert_outcome(None, *run_and_capture(check, right, reference, model, 64, ..., None))
+    assert_outcome(False, *run_and_capture(check, right, 16, 64, fewer, TLB_SETTINGS), "width embed_dim")
+    assert_outcome(False, *run_and_capture(check, right, 64, 64, fewer * 10, TLB_SETTINGS), "Attention weights")
+    assert_outcome(None, *run_and_capture(check, right, 64, ..., None, TLB_SETTINGS))
+
+
+def _one_step_by_hand(cell, chunk, slow, cross_attention=True):
+    """The learner's side of the chunking exercise: one step of the recurrence from the cell's blocks."""
+    fast = chunk
+    for i, self_attention in enumerate(cell.self_attention):
+        fast, _ = self_attention(fast)
+        if cross_attention and i % cell.r == 0:
+            fast, _ = cell.cross_attention[i // cell.r](fast, slow)
+    slow, _ = cell.latent_update(slow, fast)
+    return slow
+
+
+def test_check_chunk_step():
+    images = keras.ops.convert_to_tensor(random_inputs((2, 16, 16, 3)))
+    embedding = tlb.ChunkedPatchEmbedding(patch_size=4, embed_dim=8, chunk_size=4)
+    bottleneck = tlb.TemporalLatentBottleneck(num_latents=3, depth=2, r=2, num_heads=2)
+    bottleneck(embedding(images))
+    tokens = embedding.norm(embedding.positions(embedding.patches(images)))  # (2, 16, 8)
+    chunks = keras.ops.reshape(tokens, (2, 4, 4, 8))
+    start = keras.ops.tile(keras.ops.expand_dims(bottleneck.initial_latents, 0), (2, 1, 1))
+    slow = _one_step_by_hand(bottleneck.cell, chunks[:, 0], start)
+    check = exercises.check_chunk_step
+    assert_outcome(True, *run_and_capture(check, chunks, slow, embedding, bottleneck, images))
+    strided = keras.ops.transpose(keras.ops.reshape(tokens, (2, 4, 4, 8)), (0, 2, 1, 3))
+    assert_outcome(False, *run_and_capture(check, strided, slow, embedding, bottleneck, images), "consecutive")
+    alone = _one_step_by_hand(bottleneck.cell, chunks[:, 0], start, cross_attention=False)
+    assert_outcome(False, *run_and_capture(check, chunks, alone, embedding, bottleneck, images), "reads the slow")
+    second = _one_step_by_hand(bottleneck.cell, chunks[:, 1], start)
+    assert_outcome(False, *run_and_capture(check, chunks, second, embedding, bottleneck, images), "first chunk")
+    assert_outcome(None, *run_and_capture(check, chunks, None, embedding, bottleneck, images))
 
 
 # --------------------------------------------------------------------------------------------

@@ -569,3 +569,32 @@ def test_every_solution_passes_its_check_and_every_blank_runs(path):
         result, printed = run_and_capture(run_check_cell, parts["check"], solved)
         assert result is True, f"{path.name}, exercise {number}: the solution fails its check\n{printed}"
         assert exercises.PASS in printed and exercises.FAIL not in printed
+
+
+def exercise_section(path):
+    """The markdown and code cells from the ``## Exercises`` heading up to the next ``## `` heading."""
+    cells = nbformat.read(path, as_version=4).cells
+    start = next(i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and cell.source.startswith("## Exercises"))
+    end = next((i for i in range(start + 1, len(cells))
+                if cells[i].cell_type == "markdown" and cells[i].source.startswith("## ")), len(cells))
+    return cells[start:end]
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=[path.stem for path in WITH_EXERCISES])
+def test_check_cells_show_no_answer(path):
+    """A check cell is its marker and one call of a named check: the check builds its reference itself."""
+    _, _, found = notebook_exercises(path)
+    for number, parts in found.items():
+        body = ast.parse(parts["check"]).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Call), (
+            f"{path.name}, exercise {number}: the check cell should be a single check call\n{parts['check']}")
+        assert ast.unparse(body[0].value.func).startswith("exercises.check"), parts["check"]
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=[path.stem for path in WITH_EXERCISES])
+def test_every_notebook_has_a_figure_question_and_going_further(path):
+    markdown = [cell.source for cell in exercise_section(path) if cell.cell_type == "markdown"]
+    figure = [source for source in markdown if "<details><summary>Answer</summary>" in source]
+    assert len(figure) == 1 and figure[0].startswith("### Exercise"), f"{path.name}: one 'read this figure' question"
+    assert "</details>" in figure[0] and "<!-- solution" not in figure[0]
+    assert markdown[-1].startswith("### Going further"), f"{path.name}: the section ends with '### Going further'"

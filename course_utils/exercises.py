@@ -933,8 +933,9 @@ def check_bottleneck_size(answer_model, memory_numbers, chunk_numbers, fewer_par
     the slow stream's size in the notebook's model (latents x width), one chunk's size at the input
     (chunk_size x width), and how many parameters the model with fewer latents has fewer.
     """
-    model = reference_model("temporal_latent_bottleneck", **model_settings(settings))
-    reference = reference_model("temporal_latent_bottleneck", **{**model_settings(settings), "num_latents": num_latents})
+    settings = model_settings(settings)
+    model = reference_model("temporal_latent_bottleneck", **settings)
+    reference = reference_model("temporal_latent_bottleneck", **{**settings, "num_latents": num_latents})
     cell = _tlb_cell(model)
     built = check_built(answer_model, reference, names[0],
                         {"slow-stream size": slow_stream_size, "parameters": count_parameters},

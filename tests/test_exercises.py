@@ -574,9 +574,11 @@ def test_every_solution_passes_its_check_and_every_blank_runs(path):
 def exercise_section(path):
     """The markdown and code cells from the ``## Exercises`` heading up to the next ``## `` heading."""
     cells = nbformat.read(path, as_version=4).cells
-    start = next(i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and cell.source.startswith("## Exercises"))
-    end = next((i for i in range(start + 1, len(cells))
-                if cells[i].cell_type == "markdown" and cells[i].source.startswith("## ")), len(cells))
+    def heading(index, prefix):
+        return cells[index].cell_type == "markdown" and cells[index].source.startswith(prefix)
+
+    start = next(index for index in range(len(cells)) if heading(index, "## Exercises"))
+    end = next((index for index in range(start + 1, len(cells)) if heading(index, "## ")), len(cells))
     return cells[start:end]
 
 

@@ -680,6 +680,27 @@ def _sorted_indices(indices):
     return np.sort(np.asarray(_plain(indices)).astype(int), axis=-1)
 
 
+def _check_patch_sets(answer, expected, name, hint, slips):
+    """:func:`check_computed` for each image's set of patch indices (``expected`` sorted per image).
+
+    A wrong answer of the right shape is described by how many images get other patches, since the size of
+    a difference between indices means nothing.
+    """
+    if is_unanswered(answer):
+        return check(answer, expected, name)
+    try:
+        answer = _sorted_indices(answer)
+    except (TypeError, ValueError):
+        return check(answer, expected, name, hint=hint)  # reports what the answer is instead
+    if answer.shape != expected.shape or np.array_equal(answer, expected):
+        return check(answer, expected, name, hint=hint, rtol=0, atol=0)
+    hint = next((slip_hint for value, slip_hint in slips if np.array_equal(answer, value)), hint)
+    differ = int(np.sum(np.any(answer != expected, axis=1)))
+    _say(FAIL, name, f"{differ} of {len(expected)} images get other patches than their {expected.shape[1]} "
+         "most-weighted ones.", hint)
+    return False
+
+
 def check_top_patches(answer_hidden, answer_cells, maps, count, names=("hidden", "hidden_cells")):
     """03, rank-based masking by hand: each image's ``count`` most-weighted patches, and the cells they cover.
 
@@ -694,28 +715,19 @@ def check_top_patches(answer_hidden, answer_cells, maps, count, names=("hidden",
     images, rows, columns = maps.shape[0], maps.shape[2], maps.shape[3]
     ranking = rank_patches(maps)
     expected = ranking[:, :count]
-    if is_unanswered(answer_hidden):
-        hidden_ok = check(answer_hidden, expected, names[0])
-    else:
-        try:
-            answer = _sorted_indices(answer_hidden)
-        except (TypeError, ValueError):
-            answer = answer_hidden  # check() reports it
-        hidden_ok = check_computed(
-            answer,
-            np.sort(expected, axis=-1),
-            names[0],
-            hint="average the map over the heads (axis 1), flatten each image's grid row by row, and keep the "
-            "indices of the largest values: np.argsort(-flat, axis=1)[:, :count].",
-            slips=[
-                (np.sort(ranking[:, -count:], axis=-1), "these are the *least*-weighted patches: sort the "
-                 "weights in decreasing order."),
-                (np.sort(rank_patches(maps[:, :1])[:, :count], axis=-1), "average over all heads first, "
-                 "not head 0 alone."),
-            ],
-            rtol=0,
-            atol=0,
-        )
+    hidden_ok = _check_patch_sets(
+        answer_hidden,
+        np.sort(expected, axis=-1),
+        names[0],
+        hint="average the map over the heads (axis 1), flatten each image's grid row by row, and keep the "
+        "indices of the largest values: np.argsort(-flat, axis=1)[:, :count].",
+        slips=[
+            (np.sort(ranking[:, -count:], axis=-1), "these are the *least*-weighted patches: sort the "
+             "weights in decreasing order."),
+            (np.sort(rank_patches(maps[:, :1])[:, :count], axis=-1), "average over all heads first, "
+             "not head 0 alone."),
+        ],
+    )
     cells = np.zeros((images, rows * columns), dtype=bool)
     np.put_along_axis(cells, expected, True, axis=1)
     cells_ok = check_computed(

@@ -379,6 +379,9 @@ def test_check_top_patches():
     assert_outcome(False, *run_and_capture(check, head_0, cells, maps, count), "all heads")
     assert_outcome(False, *run_and_capture(check, hidden, cells.transpose(0, 2, 1), maps, count), "swapped")
     assert_outcome(False, *run_and_capture(check, hidden[:, :2], cells, maps, count), "shape (3, 5)")
+    one_off = hidden.copy()
+    one_off[0, 0] = np.argsort(flat[0])[0]  # image 0's least-weighted patch instead of one of its top ones
+    assert_outcome(False, *run_and_capture(check, one_off, cells, maps, count), "1 of 3 images")
     assert_outcome(None, *run_and_capture(check, ..., None, maps, count))
 
 

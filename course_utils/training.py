@@ -21,6 +21,7 @@ import numpy as np
 from course_utils import distribute
 from course_utils.constants import RESULT_MIMETYPE
 from course_utils.data import load_cifar10, subset, train_val_split
+from course_utils.models.common import require_pixel_values
 from course_utils.profiles import Profile
 
 
@@ -253,6 +254,9 @@ def train(model, train_data, val_data, profile, run_name, backup_root=None, call
         raise TypeError(f"profile must be a Profile (see select_profile), got {type(profile).__name__}.")
     if not isinstance(run_name, str) or not run_name.strip() or os.sep in run_name:
         raise ValueError(f"run_name must be a non-empty folder name (no {os.sep!r}), got {run_name!r}.")
+    require_pixel_values(model, train_data[0])  # here too: a model of the learner's own is not an ImageModel
+    if val_data is not None:
+        require_pixel_values(model, val_data[0])
     plan = distribute.plan_of(model)
     plan.per_device_batch(profile.batch_size)  # raises if the global batch does not split evenly
     (x_train, y_train), dropped = plan.even_split(*train_data)
@@ -283,7 +287,7 @@ def train(model, train_data, val_data, profile, run_name, backup_root=None, call
 
 def evaluate(model, images, labels, batch_size=256):
     """Top-1 accuracy of a logits model on uint8 ``images``, as a float in [0, 1]."""
-    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    logits = model.predict(require_pixel_values(model, images), batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels).reshape(-1)))
 
 

@@ -66,6 +66,15 @@ def test_analyze_returns_probabilities_and_labelled_maps(module_name):
     # The classifier itself is accepted too and gives the same result.
     again = module.analyze(model, images)
     np.testing.assert_allclose(again.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+    # Float pixel values 0..255 are the same images; floats in [0, 1] (divided by 255) are refused everywhere,
+    # not cast to black images (course_utils.models.common.require_pixel_values).
+    as_floats = module.analyze(viz_model, images.astype("float32"))
+    np.testing.assert_allclose(as_floats.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+    scaled = images / 255
+    for call in (lambda: model(scaled), lambda: model.predict(scaled, verbose=0), lambda: viz_model(scaled),
+                 lambda: module.analyze(viz_model, scaled), lambda: module.analyze(model, scaled)):
+        with pytest.raises(ValueError, match=r"in \[0, 1\].*multiply yours by 255"):
+            call()
 
 
 @pytest.mark.parametrize("module_name", MODEL_MODULES)

@@ -534,10 +534,19 @@ def test_real_offline_copy():
 
 
 def test_mirrors_from_the_environment_come_first(monkeypatch):
-    monkeypatch.setenv(data.MIRRORS_ENV_VAR, "http://127.0.0.1:1/a.tar.gz=md5:00ff  http://127.0.0.1:2/b.tar.gz=sha256:ab")
+    md5, sha256 = "md5:" + "0f" * 16, "sha256:" + "ab" * 32
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, f"http://127.0.0.1:1/a.tar.gz={md5}  http://127.0.0.1:2/b.tar.gz={sha256}")
     mirrors = data.configured_mirrors()
-    assert mirrors[:2] == [("http://127.0.0.1:1/a.tar.gz", "md5:00ff"), ("http://127.0.0.1:2/b.tar.gz", "sha256:ab")]
+    assert mirrors[:2] == [("http://127.0.0.1:1/a.tar.gz", md5), ("http://127.0.0.1:2/b.tar.gz", sha256)]
     assert mirrors[2:] == list(data.DEFAULT_MIRRORS)
     monkeypatch.setenv(data.MIRRORS_ENV_VAR, "no-checksum-here")
     with pytest.raises(data.DatasetError, match="URL=algorithm:hex"):
         data.configured_mirrors()
+
+
+
+@pytest.mark.parametrize("checksum", ["crc32:c58f30108f718f92721af3b95e74349a", "md5:c58f30108f", "md5:" + "z" * 32])
+def test_a_bad_checksum_in_the_mirror_setting_is_a_dataset_error(monkeypatch, checksum):
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, f"http://127.0.0.1:1/a.tar.gz={checksum}")
+    with pytest.raises(DatasetError, match=f"{data.MIRRORS_ENV_VAR} entry .*md5, sha1, sha256, sha512"):
+        load_cifar10(mirrors=None, verbose=False)

@@ -74,6 +74,16 @@ class ImageModel(keras.Model):
     Keras casts a model's inputs to the input's dtype without a word, so a uint8 model fed images divided
     by 255 would train on black images. Every builder and ``with_outputs`` return this class; it is
     otherwise a plain functional model (``ImageModel(inputs, outputs, name=...)``).
+
+    Example:
+    >>> inputs = keras.Input((4, 4, 3), dtype="uint8")
+    >>> model = ImageModel(inputs, keras.layers.Flatten()(inputs))
+    >>> tuple(model(np.full((1, 4, 4, 3), 255.0)).shape)
+    (1, 48)
+    >>> model(np.full((1, 4, 4, 3), 0.5))
+    Traceback (most recent call last):
+    ...
+    ValueError: The images are float64 in [0, 1] (from 0.5 to 0.5), ... multiply yours by 255 (images * 255).
     """
 
     def __call__(self, inputs, *args, **kwargs):

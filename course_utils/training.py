@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 
@@ -127,10 +128,12 @@ class Backup(keras.callbacks.Callback):
     model's weight shapes) is written after it and renamed into place last, so the state on disk is always
     a finished epoch: a kill at any moment leaves the previous epoch (or nothing) to resume from. Files no
     state names (a kill's leftovers) are deleted on start; the folder is deleted when training completes.
+    A backup written by ``keras.callbacks.BackupAndRestore`` (what ``train`` used before) is resumed too.
     """
 
     STATE = "state.json"
     PARTIAL = "partial.weights.h5"  # save_weights insists on the .weights.h5 suffix
+    KERAS_FILES = ("latest.weights.h5", "training_metadata.json")  # keras.callbacks.BackupAndRestore's
 
     def __init__(self, folder):
         super().__init__()
@@ -139,11 +142,11 @@ class Backup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         state = self._read_state()
-        self._remove_files_except(state["weights"] if state else None)
+        self._remove_leftovers(state["weights"] if state else None)
         if state is None:
             self.model._initial_epoch = None  # a model trained before must not skip epochs now
             return
-        if state["shapes"] != _weight_shapes(self.model):
+        if state["shapes"] is not None and state["shapes"] != _weight_shapes(self.model):
             raise self._error("was made by a different model (its weights have other shapes)")
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
@@ -166,7 +169,7 @@ class Backup(keras.callbacks.Callback):
         state = {"epoch": epoch + 1, "weights": weights, "sha256": _sha256(os.path.join(self.folder, weights)),
                  "shapes": _weight_shapes(self.model), "history": self.history}
         _write_atomically(os.path.join(self.folder, self.STATE), json.dumps(state))
-        self._remove_files_except(weights)
+        self._remove_leftovers(weights)
 
     def on_train_end(self, logs=None):
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -174,7 +177,7 @@ class Backup(keras.callbacks.Callback):
     def _read_state(self):
         path = os.path.join(self.folder, self.STATE)
         if not os.path.exists(path):
-            return None
+            return self._read_keras_state()
         try:
             with open(path, encoding="utf-8") as file:
                 state = json.load(file)
@@ -186,11 +189,25 @@ class Backup(keras.callbacks.Callback):
             raise self._error(f"is damaged: {state['weights']} is missing or does not match its checksum")
         return state
 
-    def _remove_files_except(self, keep):
-        if os.path.isdir(self.folder):
-            for name in os.listdir(self.folder):
-                if name not in (keep, self.STATE):
-                    os.remove(os.path.join(self.folder, name))
+    def _read_keras_state(self):
+        weights, metadata = (os.path.join(self.folder, name) for name in self.KERAS_FILES)
+        if not (os.path.exists(weights) and os.path.exists(metadata)):
+            return None
+        try:
+            with open(metadata, encoding="utf-8") as file:
+                epoch = json.load(file)["epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise self._error(f"is unreadable ({type(error).__name__}: {error})") from error
+        return {"epoch": epoch, "weights": self.KERAS_FILES[0], "shapes": None, "history": {}}
+
+    def _remove_leftovers(self, keep):
+        """Delete this class's files that no state names: a kill's partial or superseded files."""
+        if not os.path.isdir(self.folder):
+            return
+        for name in os.listdir(self.folder):
+            ours = name == self.PARTIAL or name.endswith(".partial") or re.fullmatch(r"epoch-\d+\.weights\.h5", name)
+            if ours and name != keep:
+                os.remove(os.path.join(self.folder, name))
 
     def _error(self, problem):
         return BackupError(

@@ -177,3 +177,17 @@ def test_classification_loss_reads_logits():
     loss = training.classification_loss()
     value = loss(np.array([3]), np.zeros((1, 10), dtype="float32"))
     np.testing.assert_allclose(float(keras.ops.convert_to_numpy(value)), np.log(10.0), rtol=1e-6)
+
+
+def test_a_backup_from_keras_backup_and_restore_is_resumed(tmp_path):
+    """What train() wrote before its own Backup: a run killed then resumes after the update too."""
+    x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    data, profile = (x, np.arange(8) % 3), Profile(name="smoke", epochs=2, batch_size=4)
+    folder = training.backup_folder("run", profile, tmp_path)
+    model = tiny_model()
+    training.compile_for_profile(model, profile, len(x))
+    model.fit(*data, epochs=1, verbose=0, callbacks=[StopAfterEpoch(-1),
+              keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)])
+    result = training.train(tiny_model(), data, None, profile, "run", backup_root=tmp_path, verbose=0)
+    assert result.initial_epoch == 1 and len(result.history["loss"]) == 1
+    assert not os.path.exists(folder)

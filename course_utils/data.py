@@ -300,12 +300,13 @@ def _folder_files(root):
         name = file.relative_to(root).as_posix()
         if file.is_file() and _is_dataset_file(name):
             try:
-                yield name, file.read_bytes()
+                data = file.read_bytes()
             except OSError as error:
                 raise DatasetError(
                     f"{file} cannot be read ({type(error).__name__}: {error}). Make it readable "
                     f"(chmod a+r) or remove it."
                 ) from error
+            yield name, data
 
 
 def _tar_files(path):

@@ -75,9 +75,10 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             load(module)
-            # A course module importing keras registers its own layers; importing them all from inside its
-            # import would meet it half-initialized.
-            if not any(other.startswith("course_utils.") for other in sys.modules):
+            # A course module being imported (the first to import keras) is half-initialized: importing all
+            # the models now would meet it so. Its importer (``__getattr__`` below) registers them afterwards.
+            if not any(getattr(getattr(other, "__spec__", None), "_initializing", False)
+                       for name, other in list(sys.modules.items()) if name.startswith("course_utils.")):
                 _register_layers()
 
         spec.loader.exec_module = exec_module

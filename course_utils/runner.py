@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import datetime
 import glob
+import itertools
 import json
 import os
 import pathlib
@@ -184,14 +185,18 @@ def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout
         raise ValueError(f"Unknown backend {backend!r}: choose one of {BACKENDS} or {ALL_BACKENDS!r}.")
     notebooks = find_notebooks(notebooks)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = pathlib.Path(output_root) / f"{stamp}-{profile}-{backend}"
-    try:
-        folder.mkdir(parents=True, exist_ok=False)
-    except OSError as error:
-        raise ValueError(
-            f"Cannot create the run folder {folder} ({type(error).__name__}: {error}). Pass --output a folder "
-            f"you can write to (it is created if missing; a file of that name is in the way)."
-        ) from error
+    for number in itertools.count(1):  # two runs started within one second get their own folders
+        folder = pathlib.Path(output_root) / f"{stamp}{'' if number == 1 else f'-{number}'}-{profile}-{backend}"
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise ValueError(
+                f"Cannot create the run folder {folder} ({type(error).__name__}: {error}). Pass --output a "
+                f"folder you can write to (it is created if missing; a file of that name is in the way)."
+            ) from error
     # Outside the timestamped run folder, so a killed run resumes from its backups on the next run.
     backups = pathlib.Path(output_root).resolve() / "backup"
     backends = BACKENDS if backend == ALL_BACKENDS else (backend,)

@@ -1,5 +1,6 @@
 """The runner on small stand-in notebooks (no training), so its behaviour is checked in seconds."""
 
+import datetime
 import json
 import os
 
@@ -132,3 +133,18 @@ def test_an_output_folder_under_a_file_is_explained(notebooks, tmp_path, capsys)
     (tmp_path / "a-file").write_text("")
     assert runner.main(["run", "--output", str(tmp_path / "a-file" / "runs"), str(good)]) == 2
     assert "Cannot create the run folder" in capsys.readouterr().err
+
+
+def test_two_runs_in_the_same_second_get_their_own_folders(notebooks, tmp_path, monkeypatch):
+    folder, (good, _, _) = notebooks
+
+    class FrozenClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 12, 3, 12, 0, 0)
+
+    monkeypatch.setattr(runner.datetime, "datetime", FrozenClock)
+    monkeypatch.setattr(runner, "run_notebook", lambda *args, **kwargs: {"status": "ok", "wall_seconds": 0.0})
+    _, first = runner.run([str(good)], profile="smoke", backend="jax", output_root=tmp_path / "runs")
+    _, second = runner.run([str(good)], profile="smoke", backend="jax", output_root=tmp_path / "runs")
+    assert first != second and first.name.endswith("-smoke-jax") and second.name.endswith("-smoke-jax")

@@ -4,10 +4,15 @@ Notebooks import the names below from here (``from course_utils import train, ev
 documented submodules as modules: ``course_utils.models.<paper>`` (one per paper, see CONTRIBUTING.md),
 ``course_utils.viz`` and ``course_utils.exercises``.
 Names are imported on first use, so ``python -m course_utils run`` starts without loading Keras (the
-notebooks it runs choose their own backend).
+notebooks it runs choose their own backend). Saved ``.keras`` models of the course load after
+``import course_utils`` alone: the custom layers are registered as soon as Keras is imported, before or
+after this package.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 _PUBLIC = {
     "Profile": "course_utils.profiles",
@@ -46,9 +51,41 @@ def __getattr__(name):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'course_utils' has no attribute {name!r}")
     # Importing the models package registers every custom layer, so saved course models always load.
-    importlib.import_module("course_utils.models").import_all()
+    _register_layers()
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
     # Importing ``course_utils.setup`` binds the *submodule* to the package attribute ``setup``; cache
     # the function over it, or a second ``course_utils.setup(...)`` (re-running a cell) calls a module.
     globals()[name] = value
     return value
+
+
+def _register_layers():
+    importlib.import_module("course_utils.models").import_all()
+
+
+class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
+    """Registers the course's layers right after ``keras`` is imported (without importing Keras itself)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)  # find the real spec below, and fire once only
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            # A course module being imported (the first to import keras) is half-initialized: importing all
+            # the models now would meet it so. Its importer (``__getattr__`` below) registers them afterwards.
+            if not any(getattr(getattr(other, "__spec__", None), "_initializing", False)
+                       for name, other in list(sys.modules.items()) if name.startswith("course_utils.")):
+                _register_layers()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_layers()
+else:
+    sys.meta_path.insert(0, _RegisterLayersAfterKeras())

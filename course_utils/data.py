@@ -12,6 +12,7 @@ downloads the official archive. Decoded arrays are cached as an ``.npz``, so onl
 No deep-learning framework is imported here: the numpy arrays work with every Keras backend.
 """
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -28,6 +29,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+try:
+    import fcntl  # POSIX: locks that the system releases when their process dies, even by a kill
+except ImportError:  # Windows: two first downloads at the same moment are not serialised there
+    fcntl = None
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DATA_ENV_VAR = "COURSE_CIFAR10"
@@ -72,6 +78,10 @@ def configured_mirrors():
                 f"{MIRRORS_ENV_VAR} entry {entry!r} is not of the form URL=algorithm:hex, for example "
                 f"https://example.org/{ARCHIVE_NAME}=md5:{DEFAULT_MIRRORS[0][1].split(':')[1]}"
             )
+        try:
+            _parse_checksum(checksum)
+        except ValueError as error:
+            raise DatasetError(f"{MIRRORS_ENV_VAR} entry {entry!r}: {error}") from None
         extra.append((url, checksum))
     return extra + list(DEFAULT_MIRRORS)
 
@@ -89,19 +99,30 @@ def load_cifar10(source=None, cache_dir=None, mirrors=None, verbose=True):
     origin = "source"
     if source is None and os.environ.get(DATA_ENV_VAR):
         source, origin = os.environ[DATA_ENV_VAR], f"The environment variable {DATA_ENV_VAR}"
-    if source is None:
+    downloaded = source is None
+    if downloaded:
         source = _download(cache_dir, configured_mirrors() if mirrors is None else mirrors, verbose)
     path = Path(source).expanduser().resolve()
     if not path.exists():
+        relative = "" if Path(source).expanduser().is_absolute() else (
+            f" (the relative path {str(source)!r} is read from the current folder, {Path.cwd()}: use an absolute path)")
         raise DatasetError(
-            f"{origin} points at {path}, which does not exist. Point it at a CIFAR-10 copy "
+            f"{origin} points at {path}, which does not exist{relative}. Point it at a CIFAR-10 copy "
             f"({ARCHIVE_NAME}, cifar-10-batches-py, an image-folder tree or an .npz). {_HOW_TO_FIX}"
         )
-    cache_file = cache_dir / f"cifar10-{_source_fingerprint(path)}.npz"
+    cache_file = cache_dir / _cache_name(path)
     arrays = _read_cache(cache_file, verbose)
     if arrays is None:
         _say(verbose, f"Decoding CIFAR-10 from {path} (first time only; cached afterwards).")
-        arrays = _check_arrays(_decode_source(path), path)
+        try:
+            arrays = _check_arrays(_decode_source(path), path)
+        except DatasetError as error:
+            if not downloaded:
+                raise
+            # A downloaded archive that cannot be decoded must not be reused: the next call downloads again.
+            path.unlink(missing_ok=True)
+            raise DatasetError(f"{error}\nThe downloaded {path.name} was deleted, so the next call downloads it "
+                               f"again (from a mirror that may be fixed by then).") from error
         _write_cache_atomically(cache_file, arrays, verbose)
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
@@ -151,6 +172,41 @@ def _resolve_cache_dir(cache_dir):
     return Path(cache_dir).expanduser().absolute()
 
 
+def _cache_name(path):
+    """``cifar10-v<version>-<path hash>-<content hash>.npz``: the path part finds this source's older caches."""
+    path_hash = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return f"cifar10-v{CACHE_VERSION}-{path_hash}-{_source_fingerprint(path)}.npz"
+
+
+def _is_stale_cache(name, current):
+    """Another version's cache, or this source's cache from before it changed: never read again."""
+    if not (name.startswith("cifar10-") and name.endswith(".npz")) or name == current:
+        return False
+    return not name.startswith(f"cifar10-v{CACHE_VERSION}-") or name.startswith(current.rsplit("-", 1)[0] + "-")
+
+
+def _is_orphan_temp(name):
+    """A temporary cache file whose writer (named by its pid) is gone, e.g. killed mid-write."""
+    parts = name.split(".")
+    if not (name.startswith("cifar10-") and name.endswith(".tmp") and len(parts) >= 3 and parts[-2].isdigit()):
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        pass
+    return False
+
+
+def _prune_cache(cache_dir, current):
+    """Delete orphaned temporary files and stale caches (about 184 MB each) next to ``current``."""
+    for file in cache_dir.iterdir():
+        if _is_orphan_temp(file.name) or _is_stale_cache(file.name, current):
+            with contextlib.suppress(OSError):  # pruning only saves space
+                file.unlink()
+
+
 def _source_fingerprint(path):
     """Hash the absolute path, size and modification time of the source, so any change gives a new cache file.
 
@@ -175,7 +231,8 @@ def _read_cache(cache_file, verbose):
         return _check_arrays(arrays, cache_file)
     except Exception as error:  # Whatever is wrong with a cache, the cure is the same: rebuild it.
         _say(verbose, f"Cache {cache_file} is unreadable ({error}); rebuilding it.")
-        cache_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache folder: decode again and go on without a cache
+            cache_file.unlink(missing_ok=True)
         return None
 
 
@@ -183,13 +240,18 @@ def _write_cache_atomically(cache_file, arrays, verbose):
     """Write to a temporary file in the same folder, then rename: readers never see a half-written cache."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
+        _prune_cache(cache_file.parent, cache_file.name)
+        # The pid in the name lets a later run delete this file if this process is killed mid-write.
+        handle, temp_name = tempfile.mkstemp(dir=cache_file.parent, prefix=f"{cache_file.name}.",
+                                             suffix=f".{os.getpid()}.tmp")
     except OSError as error:  # The cache only saves time; a read-only home must not stop the course.
         _say(verbose, f"Could not write the cache in {cache_file.parent} ({error}); continuing without it.")
         return
     try:
         with os.fdopen(handle, "wb") as temp:
             np.savez(temp, **arrays)  # Uncompressed: loading 180 MB from disk beats decompressing it.
+            temp.flush()
+            os.fsync(temp.fileno())  # renamed only once every byte is on disk
         os.chmod(temp_name, 0o644)  # mkstemp makes it private; a shared cache folder must stay readable.
         os.replace(temp_name, cache_file)
     except BaseException:  # Includes Ctrl-C: never leave the temporary file behind.
@@ -202,6 +264,14 @@ def _write_cache_atomically(cache_file, arrays, verbose):
 def _decode_source(path):
     """Read a folder, a tar archive or an .npz into a dict of the four arrays."""
     name = path.name.lower()
+    try:
+        if path.is_file():
+            open(path, "rb").close()
+    except OSError as error:
+        raise DatasetError(
+            f"{path} cannot be read ({type(error).__name__}: {error}). Make it readable (chmod a+r) or point "
+            f"{DATA_ENV_VAR} at a copy you can read."
+        ) from error
     if path.is_dir():
         return _arrays_from_files(_folder_files(path), path)
     if name.endswith((".tar.gz", ".tgz", ".tar")):
@@ -229,7 +299,14 @@ def _folder_files(root):
     for file in sorted(root.rglob("*")):
         name = file.relative_to(root).as_posix()
         if file.is_file() and _is_dataset_file(name):
-            yield name, file.read_bytes()
+            try:
+                data = file.read_bytes()
+            except OSError as error:
+                raise DatasetError(
+                    f"{file} cannot be read ({type(error).__name__}: {error}). Make it readable "
+                    f"(chmod a+r) or remove it."
+                ) from error
+            yield name, data
 
 
 def _tar_files(path):
@@ -241,7 +318,15 @@ def _tar_files(path):
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
                 if member.isfile() and _is_dataset_file(member.name):
-                    yield member.name, archive.extractfile(member).read()
+                    data = archive.extractfile(member).read()
+                    if len(data) != member.size:
+                        raise EOFError(f"{member.name} holds {len(data)} of its {member.size} bytes")
+                    yield member.name, data
+            # tarfile stops quietly where an uncompressed archive is cut between two files; a complete
+            # archive ends with two zero blocks.
+            archive.fileobj.seek(archive.offset)
+            if len(archive.fileobj.read(2 * tarfile.BLOCKSIZE)) < 2 * tarfile.BLOCKSIZE:
+                raise EOFError("the archive ends without its end-of-archive marker")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DatasetError(
             f"{path} is truncated or not a valid tar.gz archive ({error}). "
@@ -251,12 +336,21 @@ def _tar_files(path):
 
 def _arrays_from_files(files, source):
     """Decode the files of the official python layout or of an image-folder tree."""
-    batches, images = {}, []
+    batches, images, roots = {}, [], set()
     for name, data in files:
-        if PurePosixPath(name).name in PICKLE_BATCHES:
-            batches[PurePosixPath(name).name] = data
+        parts = PurePosixPath(name).parts
+        if parts[-1] in PICKLE_BATCHES:
+            batches[parts[-1]] = data
+            roots.add(PurePosixPath(*parts[:-1]).as_posix())
         else:
             images.append((name, data))
+            roots.add(PurePosixPath(*parts[:-3]).as_posix())
+    if len(roots) > 1:  # e.g. an extracted copy next to another: merged, every image would count twice
+        found = ", ".join(f"{root}/" if root != "." else "the top level" for root in sorted(roots))
+        raise DatasetError(
+            f"{source} holds more than one copy of CIFAR-10 ({found}). Point {DATA_ENV_VAR} or source= at "
+            f"one of them, or remove the others."
+        )
     if batches:
         return _arrays_from_batches(batches, source)
     if images:
@@ -357,11 +451,19 @@ def _decode_images(samples, source):
     return x, y
 
 
+def eight_bit(image):
+    """``image`` with 8-bit samples: 16-bit grayscale (PNG modes ``I;16``, ``I``) is scaled, not clipped to white."""
+    if image.mode.startswith("I"):
+        pixels = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
+    return image
+
+
 def _decode_image(name, data, source):
     try:
         with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+            pixels = np.asarray(eight_bit(image).convert("RGB"))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise DatasetError(
             f"{name} in {source} is not a readable image ({error}). Replace or remove the file."
         ) from error
@@ -373,9 +475,21 @@ def _decode_image(name, data, source):
     return pixels
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def _read_npz(path):
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as error:
+        raise _invalid_npz(path, error) from error
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise DatasetError(
+            f"{path} holds a single array (a .npy file), not the four arrays of an .npz. Save them with "
+            f"np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    try:
+        with stored:
             missing = [key for key in ARRAY_KEYS if key not in stored.files]
             if missing:
                 raise DatasetError(
@@ -383,11 +497,15 @@ def _read_npz(path):
                     f"Save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
                 )
             return {key: stored[key] for key in ARRAY_KEYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DatasetError(
-            f"{path} is truncated or not a valid .npz file ({error}). Re-create it with np.savez or point "
-            f"{DATA_ENV_VAR} at a good copy."
-        ) from error
+    except _NPZ_ERRORS as error:
+        raise _invalid_npz(path, error) from error
+
+
+def _invalid_npz(path, error):
+    return DatasetError(
+        f"{path} is truncated or not a valid .npz file ({error}). Re-create it with np.savez or point "
+        f"{DATA_ENV_VAR} at a good copy."
+    )
 
 
 def _check_arrays(arrays, source):
@@ -421,7 +539,41 @@ def _download(cache_dir, mirrors, verbose):
     target = cache_dir / ARCHIVE_NAME
     if target.exists():  # Only ever renamed into place after its checksum matched.
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _download_lock(cache_dir, verbose):
+        if target.exists():  # another process downloaded it while this one waited
+            return target
+        return _download_from_mirrors(checked_mirrors, target, verbose)
+
+
+@contextlib.contextmanager
+def _download_lock(cache_dir, verbose):
+    """Let one process at a time download into ``cache_dir`` (two notebooks started together share it).
+
+    The lock is taken on the folder itself, so no lock file is left behind.
+    """
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache_dir).close()  # the download must be able to write here
+        folder = os.open(cache_dir, os.O_RDONLY)
+    except OSError as error:
+        raise DatasetError(
+            f"Cannot download CIFAR-10 into the cache folder {cache_dir}: it is not writable "
+            f"({type(error).__name__}: {error}). Set {CACHE_ENV_VAR} to a folder you can write to (or pass "
+            f"cache_dir=...), or {_HOW_TO_FIX[0].lower()}{_HOW_TO_FIX[1:]}"
+        ) from error
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _say(verbose, f"Another process is downloading CIFAR-10 into {cache_dir}; waiting for it.")
+                fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def _download_from_mirrors(checked_mirrors, target, verbose):
     failures = []
     for number, (url, checksum) in enumerate(checked_mirrors, start=1):
         try:
@@ -442,9 +594,15 @@ def _download(cache_dir, mirrors, verbose):
 def _parse_checksum(checksum):
     """Split ``"md5:<hex>"`` or ``"sha256:<hex>"`` into ``(algorithm, hex)``."""
     algorithm, _, digest = str(checksum).partition(":")
-    if algorithm.lower() not in CHECKSUM_ALGORITHMS or not digest:
-        raise ValueError(f"Checksum {checksum!r} must look like 'md5:<hex digest>' or 'sha256:<hex digest>'.")
-    return algorithm.lower(), digest.lower()
+    algorithm, digest = algorithm.lower(), digest.lower()
+    length = hashlib.new(algorithm, usedforsecurity=False).digest_size * 2 if algorithm in CHECKSUM_ALGORITHMS else 0
+    if not length or len(digest) != length or any(char not in "0123456789abcdef" for char in digest):
+        raise ValueError(
+            f"Checksum {checksum!r} must look like 'md5:<hex digest>' or 'sha256:<hex digest>': an algorithm "
+            f"among {', '.join(CHECKSUM_ALGORITHMS)}, a colon and that algorithm's digest in hexadecimal "
+            f"({length or 'its'} digits)."
+        )
+    return algorithm, digest
 
 
 def _download_verified(url, checksum, target, verbose):

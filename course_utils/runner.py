@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import datetime
 import glob
+import itertools
 import json
 import os
 import pathlib
@@ -97,16 +98,27 @@ def _environment(**values):
                 os.environ[key] = value
 
 
-def run_notebook(notebook, output_path, profile, backend, timeout=None):
-    """Execute one notebook with papermill; return a summary row (a dict)."""
+# Paths the notebooks read from the environment: a relative one is meant from where the runner was started,
+# but each kernel runs in its run folder, so they are made absolute first.
+PATH_VARIABLES = ("COURSE_CIFAR10", "COURSE_CACHE_DIR", "COURSE_BACKUP_DIR")
+
+
+def run_notebook(notebook, output_path, profile, backend, timeout=None, backup_dir=None):
+    """Execute one notebook with papermill; return a summary row (a dict).
+
+    ``backup_dir`` (default: ``backup`` next to the executed notebook) holds ``train``'s backups; the same
+    folder on the next run lets a killed run resume.
+    """
+    paths = {name: os.path.abspath(os.environ[name]) for name in PATH_VARIABLES if os.environ.get(name)}
     settings = {
         "KERAS_BACKEND": backend,
         # No widget frontend: explorers draw static figures, and papermill stores no widget state.
         "COURSE_UTILS_STATIC": "1",
         # Keep TensorFlow's C++ start-up log out of the outputs.
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-        # Backups next to the executed notebook, so runs on different backends never restore each other's.
-        "COURSE_BACKUP_DIR": os.environ.get("COURSE_BACKUP_DIR", str(output_path.parent / "backup")),
+        **paths,
+        # One folder per backend and notebook, so runs on different backends never restore each other's.
+        "COURSE_BACKUP_DIR": paths.get("COURSE_BACKUP_DIR", str(backup_dir or output_path.parent / "backup")),
     }
     with _environment(**settings):
         return _execute(notebook, output_path, profile, backend, timeout)
@@ -173,8 +185,20 @@ def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout
         raise ValueError(f"Unknown backend {backend!r}: choose one of {BACKENDS} or {ALL_BACKENDS!r}.")
     notebooks = find_notebooks(notebooks)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = pathlib.Path(output_root) / f"{stamp}-{profile}-{backend}"
-    folder.mkdir(parents=True, exist_ok=False)
+    for number in itertools.count(1):  # two runs started within one second get their own folders
+        folder = pathlib.Path(output_root) / f"{stamp}{'' if number == 1 else f'-{number}'}-{profile}-{backend}"
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise ValueError(
+                f"Cannot create the run folder {folder} ({type(error).__name__}: {error}). Pass --output a "
+                f"folder you can write to (it is created if missing; a file of that name is in the way)."
+            ) from error
+    # Outside the timestamped run folder, so a killed run resumes from its backups on the next run.
+    backups = pathlib.Path(output_root).resolve() / "backup"
     backends = BACKENDS if backend == ALL_BACKENDS else (backend,)
     print(f"Running {len(notebooks)} notebook(s), profile {profile}, backend {backend}, into {folder}", flush=True)
     rows = []
@@ -184,7 +208,8 @@ def run(notebooks, profile="workshop", backend=None, output_root="runs", timeout
         target.mkdir(exist_ok=True)
         label = f"{pathlib.Path(notebook).name}" + (f" on {name}" if backend == ALL_BACKENDS else "")
         print(f"[{number}/{len(jobs)}] {label} ...", end=" ", flush=True)
-        row = run_notebook(notebook, target / pathlib.Path(notebook).name, profile, name, timeout)
+        row = run_notebook(notebook, target / pathlib.Path(notebook).name, profile, name, timeout,
+                           backup_dir=backups / name / pathlib.Path(notebook).stem)
         rows.append(row)
         accuracy = "" if row.get("test_accuracy") is None else f", test accuracy {100 * row['test_accuracy']:.1f}%"
         print(f"{row['status']} ({row['wall_seconds']:.0f} s{accuracy})", flush=True)

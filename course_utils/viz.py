@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from course_utils.analysis import MapSet, numbered
 from course_utils.data import CLASS_NAMES as CIFAR10_CLASSES
+from course_utils.data import eight_bit
 
 MEAN_OF_ALL = -1  # item-dropdown value meaning "average over every head / token / gate"
 MAX_STATIC_ITEMS = 8  # more single-item columns than this is unreadable in a static figure
@@ -161,14 +162,13 @@ def uploaded_images(value):
     files = list(value.items()) if isinstance(value, dict) else [(f.get("name", "?"), f) for f in value]
     images = []
     for name, file in files:
-        try:
-            image = Image.open(io.BytesIO(bytes(file["content"])))
-            image = ImageOps.exif_transpose(image)  # phone photos are often stored sideways
-        except OSError as error:
+        try:  # every decoding step: PIL reads pixels lazily, so a broken file can fail at any of them
+            image = eight_bit(ImageOps.exif_transpose(Image.open(io.BytesIO(bytes(file["content"])))))
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+            images.append(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ValueError(f"{name!r} is not an image PIL can read ({error})") from error
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-        images.append(image.convert("RGB"))
     return images
 
 

@@ -1,5 +1,9 @@
 """The pieces every model module shares: input stem, layer finder, visualization model, predictions."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -104,3 +108,29 @@ def test_item_correlation_is_one_for_copies_zero_for_unrelated_and_negative_for_
     assert flat.item_correlation() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="at least two items"):
         MapSet(base, ("all",)).item_correlation()
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import sys
+import course_utils  # alone: no course_utils name used, no model module imported
+import keras
+import numpy as np
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[2], keras.ops.convert_to_numpy(model(np.load(sys.argv[3]))))
+"""
+
+
+def test_a_saved_course_model_loads_in_a_fresh_process_after_import_course_utils_alone(tmp_path):
+    from course_utils.models import token_learner
+
+    model = token_learner.build_model(**token_learner.PROFILES["smoke"].model)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    completed = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "model.keras"), str(tmp_path / "logits.npy"),
+         str(tmp_path / "images.npy")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), keras.ops.convert_to_numpy(model(images)),
+                               rtol=1e-5, atol=1e-5)

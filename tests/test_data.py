@@ -6,11 +6,18 @@ copy, and only when COURSE_CIFAR10 names it. Nothing here depends on the Keras b
 
 import hashlib
 import http.server
+import io
 import os
 import pickle
+import signal
 import socket
+import struct
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -330,7 +337,51 @@ def folder_without_data(tmp_path):
     return folder
 
 
+def uncompressed_tar(tmp_path, cut):
+    """An image tree as a .tar cut ``cut`` bytes after the start of its last file's header."""
+    root = write_image_tree(tmp_path / "tree")
+    archive = tmp_path / "cifar10.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname="cifar10")
+    with tarfile.open(archive) as tar:
+        last = tar.getmembers()[-1].offset
+    archive.write_bytes(archive.read_bytes()[: last + cut])
+    return archive
+
+
+def npy_renamed_npz(tmp_path):
+    np.save(tmp_path / "x.npy", make_dataset()[0][0])
+    return (tmp_path / "x.npy").rename(tmp_path / "cifar10.npz")
+
+
+def two_copies_of_the_tree(tmp_path):
+    write_image_tree(tmp_path / "data" / "cifar10")
+    write_image_tree(tmp_path / "data" / "cifar10 (copy)")
+    return tmp_path / "data"
+
+
+def bomb_png():
+    """A PNG of a few bytes whose header claims 30000x30000 pixels (900 million)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", 30000, 30000)  # IHDR's width and height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # and its checksum, over type and data
+    return bytes(png)
+
+
+def tree_with_a_bomb(tmp_path):
+    root = write_image_tree(tmp_path / "tree")
+    (root / "train" / "cat" / "0000.png").write_bytes(bomb_png())
+    return root
+
+
 ERROR_CASES = {
+    "truncated tar between files": (lambda tmp_path: uncompressed_tar(tmp_path, 0), ["truncated", "Re-download"]),
+    "truncated tar in a file": (lambda tmp_path: uncompressed_tar(tmp_path, 700), ["truncated", "Re-download"]),
+    "npy renamed npz": (npy_renamed_npz, ["single array", "np.savez"]),
+    "two copies of the tree": (two_copies_of_the_tree, ["more than one copy", "cifar10/", "cifar10 (copy)/"]),
+    "decompression bomb": (tree_with_a_bomb, ["train/cat/0000.png", "not a readable image", "Replace or remove"]),
     "missing path": (lambda tmp_path: tmp_path / "nowhere.tar.gz", ["does not exist", "COURSE_CIFAR10"]),
     "truncated tar.gz": (truncated_tar_gz, ["truncated", "Re-download", "COURSE_CIFAR10"]),
     "npz missing a key": (lambda tmp_path: write_npz(tmp_path / "c.npz", make_dataset(), y_test=None),
@@ -534,10 +585,210 @@ def test_real_offline_copy():
 
 
 def test_mirrors_from_the_environment_come_first(monkeypatch):
-    monkeypatch.setenv(data.MIRRORS_ENV_VAR, "http://127.0.0.1:1/a.tar.gz=md5:00ff  http://127.0.0.1:2/b.tar.gz=sha256:ab")
+    md5, sha256 = "md5:" + "0f" * 16, "sha256:" + "ab" * 32
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, f"http://127.0.0.1:1/a.tar.gz={md5}  http://127.0.0.1:2/b.tar.gz={sha256}")
     mirrors = data.configured_mirrors()
-    assert mirrors[:2] == [("http://127.0.0.1:1/a.tar.gz", "md5:00ff"), ("http://127.0.0.1:2/b.tar.gz", "sha256:ab")]
+    assert mirrors[:2] == [("http://127.0.0.1:1/a.tar.gz", md5), ("http://127.0.0.1:2/b.tar.gz", sha256)]
     assert mirrors[2:] == list(data.DEFAULT_MIRRORS)
     monkeypatch.setenv(data.MIRRORS_ENV_VAR, "no-checksum-here")
     with pytest.raises(data.DatasetError, match="URL=algorithm:hex"):
         data.configured_mirrors()
+
+
+
+@pytest.mark.parametrize("checksum", ["crc32:c58f30108f718f92721af3b95e74349a", "md5:c58f30108f", "md5:" + "z" * 32])
+def test_a_bad_checksum_in_the_mirror_setting_is_a_dataset_error(monkeypatch, checksum):
+    monkeypatch.setenv(data.MIRRORS_ENV_VAR, f"http://127.0.0.1:1/a.tar.gz={checksum}")
+    with pytest.raises(DatasetError, match=f"{data.MIRRORS_ENV_VAR} entry .*md5, sha1, sha256, sha512"):
+        load_cifar10(mirrors=None, verbose=False)
+
+
+# ------------------------------------------------------------------------------------ odd images, pruning
+
+def test_16_bit_grayscale_pngs_keep_their_brightness(tmp_path):
+    root = write_image_tree(tmp_path / "tree")
+    gray = np.full((32, 32), 128 * 257, np.uint16)  # mid-gray in 16 bits
+    Image.fromarray(gray).save(root / "train" / "cat" / "0000.png")
+    assert Image.open(root / "train" / "cat" / "0000.png").mode.startswith("I")
+    (x_train, y_train), _ = load_cifar10(root, cache_dir=tmp_path / "cache", verbose=False)
+    cats = x_train[y_train[:, 0] == CLASS_NAMES.index("cat")]
+    assert any(np.all(image == 128) for image in cats), "the 16-bit image should be mid-gray, not white"
+
+
+CACHE_WRITER_KILLED = """
+import os, signal, sys
+import numpy as np
+from course_utils import data
+
+def killed_while_writing(file, **arrays):
+    file.write(b"PK" + bytes(100000))  # part of the cache, then the kill
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = killed_while_writing
+data.load_cifar10(sys.argv[1], cache_dir=sys.argv[2], verbose=False)
+"""
+
+
+def test_a_kill_while_the_cache_is_written_leaves_nothing_on_the_next_load(tmp_path):
+    source, cache = write_npz(tmp_path / "c.npz", make_dataset()), tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", CACHE_WRITER_KILLED, str(source), str(cache)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert [name.endswith(".tmp") for name in cache_files(cache)] == [True]  # the orphan the kill left
+    (x_train, _), _ = load_cifar10(source, cache_dir=cache, verbose=False)
+    assert np.array_equal(x_train, make_dataset()[0][0])
+    assert [name.endswith(".npz") for name in cache_files(cache)] == [True], cache_files(cache)
+
+
+def test_a_changed_source_replaces_its_old_cache_and_old_formats_are_pruned(tmp_path):
+    npz, cache = write_npz(tmp_path / "c.npz", make_dataset(seed=0)), tmp_path / "cache"
+    other = load_cifar10(write_npz(tmp_path / "other.npz", make_dataset(seed=3)), cache_dir=cache, verbose=False)
+    load_cifar10(npz, cache_dir=cache, verbose=False)
+    (cache / "cifar10-0123456789abcdef0123.npz").write_bytes(b"a cache of an older version")
+    write_npz(npz, make_dataset(seed=5))
+    os.utime(npz, ns=(1, 1))
+    load_cifar10(npz, cache_dir=cache, verbose=False)
+    assert len(cache_files(cache)) == 2  # this source's new cache and the other source's, nothing stale
+    again = load_cifar10(tmp_path / "other.npz", cache_dir=cache, mirrors=[], verbose=False)
+    assert_same_arrays(again, other)
+
+
+# ------------------------------------------------------------------------------ concurrency, bad downloads
+
+class SlowHandler(RangeRequestHandler):
+    """Sends half of the file, then waits for a second request (up to 2 s) before the rest: so a second
+    download that does not wait for the first would overlap it, whatever the machine's speed."""
+
+    def do_GET(self):
+        self.server.requests.append((self.path, self.headers.get("Range")))
+        if len(self.server.requests) > 1:
+            self.server.second_request.set()
+        body = (self.server.root / self.path.lstrip("/")).read_bytes()
+        start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").split("-")[0])
+        self.send_response(206 if start else 200)  # resumes like a real server: a second download appends
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        half = max(start, len(body) // 2)
+        self.wfile.write(body[start:half])
+        self.wfile.flush()
+        if len(self.server.requests) == 1:
+            self.server.second_request.wait(2)
+        self.wfile.write(body[half:])
+
+
+DOWNLOAD = """
+import sys
+from course_utils import data
+(x_train, _), _ = data.load_cifar10(cache_dir=sys.argv[1], mirrors=[(sys.argv[2], sys.argv[3])])
+print("loaded", int(x_train.sum()))
+"""
+
+
+def test_two_first_downloads_at_the_same_moment_both_succeed(tmp_path, mirror_server):
+    mirror_server.RequestHandlerClass, mirror_server.second_request = SlowHandler, threading.Event()
+    command = [sys.executable, "-c", DOWNLOAD, str(tmp_path / "cache"), f"{mirror_server.url}/{data.ARCHIVE_NAME}",
+               mirror_server.md5]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    expected = f"loaded {int(train_in_official_order(make_dataset())[0].sum())}"
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == [expected, expected]
+    assert len(mirror_server.requests) == 1, "the second process should wait for the first's download"
+    assert not [name for name in cache_files(tmp_path / "cache") if name.endswith((".part", ".tmp"))]
+
+
+def test_a_downloaded_archive_that_does_not_decode_is_not_reused(tmp_path, mirror_server):
+    good = mirror_server.archive.read_bytes()
+    with tarfile.open(mirror_server.archive, "w:gz") as tar:  # a valid archive holding no CIFAR-10
+        tar.add(write_image_tree(tmp_path / "few", classes=CLASS_NAMES[:2]), arcname="few")
+    url = f"{mirror_server.url}/{data.ARCHIVE_NAME}"
+    broken = [(url, "md5:" + hashlib.md5(mirror_server.archive.read_bytes()).hexdigest())]
+    with pytest.raises(DatasetError, match="was deleted, so the next call downloads it again"):
+        load_cifar10(cache_dir=tmp_path / "cache", mirrors=broken, verbose=False)
+    assert cache_files(tmp_path / "cache") == []
+    mirror_server.archive.write_bytes(good)  # the instructor fixes the mirror
+    arrays = load_cifar10(cache_dir=tmp_path / "cache", mirrors=[(url, mirror_server.md5)], verbose=False)
+    assert np.array_equal(arrays[0][0], train_in_official_order(make_dataset())[0])
+
+
+# -------------------------------------------------------------------------------------------- permissions
+
+# Runs the code with file permissions in force: as root, chmod alone does not stop reads or writes, so the
+# capabilities that bypass them are dropped from the bounding set before the exec (then from the process).
+WITHOUT_ROOT_POWERS = """
+import ctypes, os, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if any(libc.prctl(24, capability, 0, 0, 0) for capability in (1, 2)):  # PR_CAPBSET_DROP: DAC_OVERRIDE, READ_SEARCH
+        print("cannot drop CAP_DAC_OVERRIDE", ctypes.get_errno())
+        sys.exit(77)
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
+"""
+
+LOAD = """
+import sys
+from course_utils import data
+try:
+    (x_train, _), _ = data.load_cifar10(None if sys.argv[1] == "-" else sys.argv[1], cache_dir=sys.argv[2],
+                                        mirrors=[(sys.argv[3], "md5:" + "0" * 32)] if sys.argv[3:] else [])
+    print("loaded", len(x_train))
+except data.DatasetError as error:
+    print("DatasetError:", error)
+"""
+
+
+def load_without_root_powers(*args):
+    completed = subprocess.run([sys.executable, "-c", WITHOUT_ROOT_POWERS, LOAD, *map(str, args)],
+                               capture_output=True, text=True)
+    if completed.returncode == 77:
+        pytest.skip(f"running as root and {completed.stdout.strip()}: chmod would not stop this process")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """chmod paths to a mode for the test, and back afterwards so that tmp_path can be cleaned up."""
+    changed = []
+
+    def chmod(path, mode):
+        changed.append(path)
+        path.chmod(mode)
+
+    yield chmod
+    for path in changed:
+        path.chmod(0o755)
+
+
+def test_an_unwritable_cache_folder_on_the_download_path_says_so(tmp_path, mirror_server, read_only):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    read_only(cache, 0o555)
+    output = load_without_root_powers("-", cache, f"{mirror_server.url}/{data.ARCHIVE_NAME}")
+    assert "DatasetError: Cannot download CIFAR-10 into the cache folder" in output
+    assert "not writable" in output and data.CACHE_ENV_VAR in output
+    assert mirror_server.requests == [], "no mirror is to blame"
+
+
+def test_a_read_only_cache_holding_a_corrupt_cache_file_still_loads(tmp_path, read_only):
+    source, cache = write_npz(tmp_path / "c.npz", make_dataset()), tmp_path / "cache"
+    load_cifar10(source, cache_dir=cache, verbose=False)
+    [name] = cache_files(cache)
+    (cache / name).write_bytes(b"PK broken")
+    read_only(cache, 0o555)
+    output = load_without_root_powers(source, cache)
+    assert "rebuilding" in output and "continuing without it" in output
+    assert output.strip().endswith(f"loaded {len(make_dataset()[0][0])}")
+
+
+def test_an_unreadable_image_or_archive_names_the_file_and_the_fix(tmp_path, read_only):
+    root = write_image_tree(tmp_path / "tree")
+    read_only(root / "train" / "dog" / "0001.png", 0o000)
+    output = load_without_root_powers(root, tmp_path / "cache")
+    assert "DatasetError:" in output and "train/dog/0001.png cannot be read" in output and "chmod a+r" in output
+    archive = write_npz(tmp_path / "c.npz", make_dataset())
+    read_only(archive, 0o000)
+    output = load_without_root_powers(archive, tmp_path / "cache")
+    assert "DatasetError:" in output and "c.npz cannot be read" in output and "chmod a+r" in output

@@ -6,6 +6,7 @@ Every profile's model, ``full`` included, is built and trained for one step on a
 configuration cannot rot unseen.
 """
 
+import importlib
 import inspect
 
 import keras
@@ -66,6 +67,15 @@ def test_analyze_returns_probabilities_and_labelled_maps(module_name):
     # The classifier itself is accepted too and gives the same result.
     again = module.analyze(model, images)
     np.testing.assert_allclose(again.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+    # Float pixel values 0..255 are the same images; floats in [0, 1] (divided by 255) are refused everywhere,
+    # not cast to black images (course_utils.models.common.require_pixel_values).
+    as_floats = module.analyze(viz_model, images.astype("float32"))
+    np.testing.assert_allclose(as_floats.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+    scaled = images / 255
+    for call in (lambda: model(scaled), lambda: model.predict(scaled, verbose=0), lambda: viz_model(scaled),
+                 lambda: module.analyze(viz_model, scaled), lambda: module.analyze(model, scaled)):
+        with pytest.raises(ValueError, match=r"in \[0, 1\].*multiply yours by 255"):
+            call()
 
 
 @pytest.mark.parametrize("module_name", MODEL_MODULES)
@@ -92,3 +102,14 @@ def test_a_direct_call_is_inference_and_matches_predict(module_name):
     first = keras.ops.convert_to_numpy(model(images))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)), first)
     np.testing.assert_allclose(np.asarray(model.predict(images, verbose=0)), first, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("argument", ["patch_size", "num_heads"])
+@pytest.mark.parametrize("module_name", [*MODEL_MODULES, "vit"])
+def test_a_zero_patch_size_or_head_count_is_a_clear_error(module_name, argument):
+    module = importlib.import_module(f"course_utils.models.{module_name}")
+    builders = [getattr(module, name) for name in ("build_model", "build_baseline", "build_vit") if hasattr(module, name)]
+    builders = [builder for builder in builders if argument in inspect.signature(builder).parameters]
+    for builder in builders:  # not a ZeroDivisionError from deep inside
+        with pytest.raises(ValueError, match=f"`{argument}` must be .*got 0"):
+            builder(**{argument: 0})

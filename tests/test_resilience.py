@@ -144,7 +144,7 @@ def test_a_killed_training_run_resumes_from_its_backup(tmp_path):
     assert restored_sum == pytest.approx(epoch0_sum, rel=1e-6) and restored_sum != pytest.approx(fresh_sum, rel=1e-6)
 
     summary, = [json.loads(line.split(" ", 1)[1]) for line in after if line.startswith("result ")]
-    assert summary == {"initial_epoch": 1, "epochs": EPOCHS, "history": EPOCHS - 1}
+    assert summary == {"initial_epoch": 1, "epochs": EPOCHS, "history": EPOCHS}  # epoch 0's from the backup
     assert not backup.exists() or not os.listdir(backup), "the backup should be deleted once training finished"
 
     restored = keras.saving.load_model(model_path)
@@ -152,3 +152,77 @@ def test_a_killed_training_run_resumes_from_its_backup(tmp_path):
     logits = keras.ops.convert_to_numpy(restored.predict(x, verbose=0))
     assert logits.shape == (8, 3) and np.all(np.isfinite(logits))
     np.testing.assert_allclose(logits, np.load(f"{model_path}.logits.npy"), rtol=1e-5, atol=1e-5)
+
+
+# A kill in the middle of writing a backup: the child trains, and at epoch argv[3] its hook writes part of
+# the file (the weights, or the state that commits them) and kills the process with SIGKILL right there.
+KILL_WHILE_WRITING = textwrap.dedent(
+    '''
+    import os, signal, sys
+    import keras
+    import numpy as np
+    from course_utils import profiles, training
+
+    backup_root, where, kill_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    epoch = -1
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, number, logs=None):
+            global epoch
+            epoch = number
+
+    def killed_midway(path):
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)  # what a kill halfway through the write leaves
+        print("killing", epoch, sorted(os.listdir(os.path.dirname(path))), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    save_weights, replace = keras.Model.save_weights, os.replace
+
+    def save_weights_then_die(self, path, *args, **kwargs):
+        save_weights(self, path, *args, **kwargs)
+        if where == "weights" and epoch == kill_epoch:
+            killed_midway(path)
+
+    def replace_then_die(source, target):
+        if where == "state" and epoch == kill_epoch and str(target).endswith("state.json"):
+            killed_midway(source)
+        replace(source, target)
+
+    keras.Model.save_weights, os.replace = save_weights_then_die, replace_then_die
+    keras.utils.set_random_seed(0)
+    images = keras.Input((8, 8, 3), dtype="uint8")
+    model = keras.Model(images, keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(images))))
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    profile = profiles.Profile(name="smoke", epochs=3, batch_size=8, warmup_epochs=1)
+    training.train(model, (x, x[:, 0, 0, :1] % 3), None, profile, "killed", backup_root=backup_root,
+                   callbacks=[Epochs()], verbose=0)
+    print("finished without being killed", flush=True)
+    '''
+)
+
+
+@pytest.mark.parametrize("where, kill_epoch", [("weights", 0), ("state", 0), ("weights", 1), ("state", 1)])
+def test_a_kill_while_a_backup_is_written_resumes_or_starts_over_cleanly(tmp_path, where, kill_epoch):
+    from course_utils import profiles, training
+
+    script = tmp_path / "child.py"
+    script.write_text(KILL_WHILE_WRITING)
+    child, watchdog = start([sys.executable, str(script), str(tmp_path), where, str(kill_epoch)], tmp_path, "child")
+    lines = read_lines(child)
+    assert child.wait() == -signal.SIGKILL, "\n".join(lines) + (tmp_path / "child.stderr").read_text()[-3000:]
+    watchdog.cancel()
+    (left,) = [line for line in lines if line.startswith("killing")]
+    assert left.startswith(f"killing {kill_epoch} ")  # the kill came mid-write: a half-written file is on disk
+
+    # The rerun of the same cell, in this process: it resumes from the last committed epoch (none when the
+    # first epoch's backup was cut off), runs the rest, returns the whole history and leaves nothing behind.
+    keras.utils.set_random_seed(0)
+    images = keras.Input((8, 8, 3), dtype="uint8")
+    model = keras.Model(images, keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(images))))
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    profile = profiles.Profile(name="smoke", epochs=3, batch_size=8, warmup_epochs=1)
+    result = training.train(model, (x, x[:, 0, 0, :1] % 3), None, profile, "killed", backup_root=tmp_path, verbose=0)
+    assert result.initial_epoch == kill_epoch
+    assert len(result.history["loss"]) == 3 and all(np.isfinite(result.history["loss"]))
+    assert not (tmp_path / "killed-smoke").exists()

@@ -1,5 +1,6 @@
 """The runner on small stand-in notebooks (no training), so its behaviour is checked in seconds."""
 
+import datetime
 import json
 import os
 
@@ -93,7 +94,8 @@ def test_runner_runs_every_backend_in_its_own_folder_and_restores_the_environmen
     assert all(row["status"] == "ok" for row in rows)
     for row, backend in zip(rows, runner.BACKENDS):
         assert (run_folder / backend / "01_env.ipynb").exists()
-        assert row["device"] == str(run_folder / backend / "backup")  # backups never shared across backends
+        # Backups never shared across backends, and outside the run folder, so the next run resumes them.
+        assert row["device"] == str(tmp_path / "runs" / "backup" / backend / "01_env")
     assert os.environ["KERAS_BACKEND"] == "tensorflow"  # the caller's setting is back
     assert "COURSE_BACKUP_DIR" not in os.environ
 
@@ -101,3 +103,48 @@ def test_runner_runs_every_backend_in_its_own_folder_and_restores_the_environmen
 def test_runner_rejects_an_unknown_backend(tmp_path):
     with pytest.raises(ValueError, match="all"):
         runner.run([], profile="smoke", backend="numpy", output_root=tmp_path)
+
+
+def test_the_next_run_finds_the_backups_and_relative_paths_are_read_from_where_the_runner_started(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in")
+    monkeypatch.setenv("COURSE_CIFAR10", "data/cifar-10-python.tar.gz")  # what a workshop README would say
+    monkeypatch.delenv("COURSE_BACKUP_DIR", raising=False)
+    write_notebook(tmp_path / "01_resume.ipynb", [
+        "import os, pathlib\n"
+        "from IPython.display import display\n"
+        "marker = pathlib.Path(os.environ['COURSE_BACKUP_DIR']) / 'run-smoke' / 'state.json'\n"
+        "resumed = marker.exists()  # what train() would resume from\n"
+        "marker.parent.mkdir(parents=True, exist_ok=True)\n"
+        "marker.touch()\n"
+        f"display({{'{RESULT_MIMETYPE}': {{'notebook': 'x', 'backend': 'numpy', "
+        "'device': f\"resumed={resumed} data={os.path.exists(os.environ['COURSE_CIFAR10'])}\", 'test_accuracy': 0.5, "
+        "'train_seconds': 1, 'parameters': 1}, 'text/plain': ''}, raw=True)"
+    ])
+    first, _ = runner.run(["01_resume.ipynb"], profile="smoke", backend="jax", output_root="runs")
+    second, _ = runner.run(["01_resume.ipynb"], profile="smoke", backend="jax", output_root="runs")
+    assert [first[0]["device"], second[0]["device"]] == ["resumed=False data=True", "resumed=True data=True"]
+
+
+def test_an_output_folder_under_a_file_is_explained(notebooks, tmp_path, capsys):
+    folder, (good, _, _) = notebooks
+    (tmp_path / "a-file").write_text("")
+    assert runner.main(["run", "--output", str(tmp_path / "a-file" / "runs"), str(good)]) == 2
+    assert "Cannot create the run folder" in capsys.readouterr().err
+
+
+def test_two_runs_in_the_same_second_get_their_own_folders(notebooks, tmp_path, monkeypatch):
+    folder, (good, _, _) = notebooks
+
+    class FrozenClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 12, 3, 12, 0, 0)
+
+    monkeypatch.setattr(runner.datetime, "datetime", FrozenClock)
+    monkeypatch.setattr(runner, "run_notebook", lambda *args, **kwargs: {"status": "ok", "wall_seconds": 0.0})
+    _, first = runner.run([str(good)], profile="smoke", backend="jax", output_root=tmp_path / "runs")
+    _, second = runner.run([str(good)], profile="smoke", backend="jax", output_root=tmp_path / "runs")
+    assert first != second and first.name.endswith("-smoke-jax") and second.name.endswith("-smoke-jax")

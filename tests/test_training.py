@@ -1,5 +1,7 @@
 import json
 import os
+import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -54,10 +56,61 @@ def test_train_resumes_from_backup_and_cleans_up(tmp_path):
     assert os.listdir(training.backup_folder("run", profile, tmp_path)), "no backup was written after the first epoch"
 
     result = training.train(tiny_model(), (x, y), (x, y), profile, "run", backup_root=tmp_path, verbose=0)
-    assert len(result.history["loss"]) == 2  # resumed: only the two missing epochs ran
-    assert result.initial_epoch == 1 and result.epochs == 3
+    assert result.initial_epoch == 1 and result.epochs == 3  # resumed: only the two missing epochs ran
+    assert len(result.history["loss"]) == 3  # ... but the history covers the whole run, epoch 0 from the backup
     assert result.seconds > 0
     assert not (tmp_path / "run").exists() or not os.listdir(training.backup_folder("run", profile, tmp_path))
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """A disconnect right after epoch ``stop``'s backup was written (callbacks run after train()'s backup)."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop = stop
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.stop:
+            raise KeyboardInterrupt
+
+
+def interrupted_run(tmp_path, stop=0, epochs=2):
+    x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    data, profile = (x, np.arange(8) % 3), Profile(name="smoke", epochs=epochs, batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_model(), data, None, profile, "run", backup_root=tmp_path, callbacks=[StopAfterEpoch(stop)],
+                       verbose=0)
+    return data, profile, pathlib.Path(training.backup_folder("run", profile, tmp_path))
+
+
+def test_a_run_cut_off_after_its_last_backup_returns_the_whole_history(tmp_path):
+    data, profile, folder = interrupted_run(tmp_path, stop=1, epochs=2)
+    assert sorted(os.listdir(folder)) == ["epoch-2.weights.h5", "state.json"]  # one epoch's files, nothing partial
+    result = training.train(tiny_model(), data, None, profile, "run", backup_root=tmp_path, verbose=0)
+    assert result.initial_epoch == 2 and len(result.history["loss"]) == 2 and len(result.history["accuracy"]) == 2
+    assert not folder.exists()
+
+
+def other_model():
+    images = keras.Input((8, 8, 3), dtype="uint8")
+    return keras.Model(images, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(images)))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda folder: None, "different model"),
+    (lambda folder: (folder / "state.json").write_text(""), "unreadable"),
+    (lambda folder: (folder / "epoch-1.weights.h5").write_bytes(b"half a file"), "damaged"),
+    (lambda folder: (folder / "epoch-1.weights.h5").unlink(), "damaged"),
+], ids=["other-model", "empty-state", "half-written-weights", "missing-weights"])
+def test_a_backup_that_cannot_be_resumed_names_the_folder_to_delete(tmp_path, damage, problem):
+    data, profile, folder = interrupted_run(tmp_path)
+    damage(folder)
+    model = other_model() if problem == "different model" else tiny_model()
+    with pytest.raises(training.BackupError, match=problem) as raised:
+        training.train(model, data, None, profile, "run", backup_root=tmp_path, verbose=0)
+    assert "Delete that folder" in str(raised.value) and str(folder) in str(raised.value)
+    shutil.rmtree(folder)  # what the message says to do: then the run starts over
+    assert training.train(model, data, None, profile, "run", backup_root=tmp_path, verbose=0).initial_epoch == 0
 
 
 def test_train_checks_its_arguments(tmp_path):
@@ -124,3 +177,17 @@ def test_classification_loss_reads_logits():
     loss = training.classification_loss()
     value = loss(np.array([3]), np.zeros((1, 10), dtype="float32"))
     np.testing.assert_allclose(float(keras.ops.convert_to_numpy(value)), np.log(10.0), rtol=1e-6)
+
+
+def test_a_backup_from_keras_backup_and_restore_is_resumed(tmp_path):
+    """What train() wrote before its own Backup: a run killed then resumes after the update too."""
+    x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    data, profile = (x, np.arange(8) % 3), Profile(name="smoke", epochs=2, batch_size=4)
+    folder = training.backup_folder("run", profile, tmp_path)
+    model = tiny_model()
+    training.compile_for_profile(model, profile, len(x))
+    model.fit(*data, epochs=1, verbose=0, callbacks=[StopAfterEpoch(-1),
+              keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)])
+    result = training.train(tiny_model(), data, None, profile, "run", backup_root=tmp_path, verbose=0)
+    assert result.initial_epoch == 1 and len(result.history["loss"]) == 1
+    assert not os.path.exists(folder)

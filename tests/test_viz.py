@@ -2,6 +2,8 @@
 
 import datetime
 import io
+import struct
+import zlib
 
 import matplotlib
 
@@ -495,3 +497,23 @@ def test_image_grid_and_history_text_never_overlaps(count):
     history = {"loss": list(np.linspace(2, 1, count)), "val_loss": list(np.linspace(2.1, 1.2, count)),
                "accuracy": list(np.linspace(0.1, 0.6, count)), "val_accuracy": list(np.linspace(0.1, 0.55, count))}
     assert assert_no_text_overlaps(viz.plot_history({"PatchConvNet": history, "ViT": history})) > 4
+
+
+def test_a_decompression_bomb_upload_is_reported_in_the_status():
+    root, analyze, _ = make_explorer()
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", 30000, 30000)  # a few bytes that claim 900 million pixels
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    root.explorer.show_upload(upload_value_v8(bytes(png), name="bomb.png"))
+    assert "bomb.png" in root.explorer.status.value and "not an image PIL can read" in root.explorer.status.value
+    assert len(analyze.batches) == 1, "nothing may be analyzed"
+
+
+def test_a_16_bit_grayscale_upload_keeps_its_brightness():
+    root, analyze, _ = make_explorer()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 64 * 257, np.uint16)).save(buffer, "PNG")
+    root.explorer.show_upload(upload_value_v8(buffer.getvalue(), name="gray16.png"))
+    assert np.all(root.explorer.image == 64), "a dark 16-bit image must not turn white"

@@ -33,7 +33,7 @@ from keras import layers, ops
 from course_utils.analysis import MapSet, numbered
 from course_utils.models import timm_weights
 from course_utils.models.blocks import MLP, LayerScale, StochasticDepth, merge_heads, split_heads
-from course_utils.models.common import analysis, find_layers, image_input, predict_outputs, with_outputs
+from course_utils.models.common import ImageModel, analysis, find_layers, image_input, predict_outputs, with_outputs
 from course_utils.models.vit import check_vit_arguments, patch_tokens
 from course_utils.profiles import Profile
 from course_utils.validation import (
@@ -574,7 +574,7 @@ def build_model(
     x = SelectClassToken(name="select_class_token")(x)
     x = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")(x)
     logits = _dense(num_classes, "head")(x)
-    return keras.Model(inputs, logits, name=name)
+    return ImageModel(inputs, logits, name=name)
 
 
 CAIT_XXS24_224 = dict(

@@ -10,7 +10,7 @@ import numpy as np
 
 from course_utils.analysis import Analysis, softmax
 from course_utils.augment import preprocessing
-from course_utils.validation import require_positive_int
+from course_utils.validation import PACKAGE, require_positive_int
 
 LOGITS = "logits"
 """The name of the classifier's output among a visualization model's outputs."""
@@ -36,6 +36,67 @@ def image_input(image_size, input_size=32, resize_to=None, include_preprocessing
     require_positive_int("input_size", input_size)
     inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="images")
     return inputs, preprocessing(image_size, resize_to=resize_to)(inputs)
+
+
+def require_pixel_values(model, images):
+    """Return ``images``, or raise a ValueError if ``model`` reads uint8 pixels and they are floats outside 0..255.
+
+    The rule every course model, ``train`` and ``evaluate`` share: a uint8 model accepts uint8 images and
+    floats of the same values (0..255), which it rounds down to uint8; floats that all lie in [0, 1] (images
+    divided by 255) or outside [0, 255] would be cast to near-black or wrapped-around pixels, so they are
+    refused. Only numpy arrays are checked: tensors inside a compiled step have no values to look at.
+    """
+    dtype = getattr(images, "dtype", None)
+    if not isinstance(images, np.ndarray) or not np.issubdtype(dtype, np.floating) or images.size == 0:
+        return images
+    if "int" not in str(model.inputs[0].dtype):
+        return images  # a model built with include_preprocessing=False takes floats as they are
+    low, high = float(np.min(images)), float(np.max(images))
+    if 0 < high <= 1 and low >= 0:
+        raise ValueError(
+            f"The images are {dtype} in [0, 1] (from {low:g} to {high:g}), but {model.name!r} reads pixel values "
+            f"0..255 and rescales them itself: as they are, they would be cast to 0 and 1 (black images). Pass "
+            f"the uint8 images as loaded, or multiply yours by 255 (images * 255)."
+        )
+    if not (0 <= low and high <= 255):  # NaN fails both comparisons
+        raise ValueError(
+            f"The images are {dtype} from {low:g} to {high:g}, but {model.name!r} reads pixel values 0..255 "
+            f"(uint8): values outside would wrap around when cast. Pass the uint8 images as loaded (not "
+            f"normalized ones)."
+        )
+    return images
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ImageModel(keras.Model):
+    """A functional ``keras.Model`` that checks numpy images with :func:`require_pixel_values` first.
+
+    Keras casts a model's inputs to the input's dtype without a word, so a uint8 model fed images divided
+    by 255 would train on black images. Every builder and ``with_outputs`` return this class; it is
+    otherwise a plain functional model (``ImageModel(inputs, outputs, name=...)``).
+
+    Example:
+    >>> inputs = keras.Input((4, 4, 3), dtype="uint8")
+    >>> model = ImageModel(inputs, keras.layers.Flatten()(inputs))
+    >>> tuple(model(np.full((1, 4, 4, 3), 255.0)).shape)
+    (1, 48)
+    >>> model(np.full((1, 4, 4, 3), 0.5))
+    Traceback (most recent call last):
+    ...
+    ValueError: The images are float64 in [0, 1] (from 0.5 to 0.5), ... multiply yours by 255 (images * 255).
+    """
+
+    def __call__(self, inputs, *args, **kwargs):
+        return super().__call__(require_pixel_values(self, inputs), *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(require_pixel_values(self, x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(require_pixel_values(self, x), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(require_pixel_values(self, x), *args, **kwargs)
 
 
 def find_layers(model, layer_type, builder):
@@ -74,7 +135,7 @@ def with_outputs(model, outputs):
     copied: training ``model`` further changes what this model shows.
     """
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, {LOGITS: model.output, **outputs}, name=f"{model.name}_visualization")
+    return ImageModel(inputs, {LOGITS: model.output, **outputs}, name=f"{model.name}_visualization")
 
 
 def is_visualization_model(model):

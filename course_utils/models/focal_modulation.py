@@ -34,7 +34,7 @@ from keras import layers, ops
 from course_utils.analysis import MapSet, numbered
 from course_utils.models import timm_weights
 from course_utils.models.blocks import MLP, LayerScale, PatchEmbedding, StochasticDepth
-from course_utils.models.common import analysis, find_layers, image_input, predict_outputs, with_outputs
+from course_utils.models.common import ImageModel, analysis, find_layers, image_input, predict_outputs, with_outputs
 from course_utils.models.vit import builder_arguments, build_vit_like
 from course_utils.profiles import Profile
 from course_utils.validation import (
@@ -591,7 +591,7 @@ def build_model(
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(head_dropout_rate, name="head_dropout")(x)
     logits = layers.Dense(num_classes, name="head")(x)
-    return keras.Model(inputs, logits, name=name)
+    return ImageModel(inputs, logits, name=name)
 
 
 def build_baseline(*, num_heads=BASELINE_HEADS, **arguments):

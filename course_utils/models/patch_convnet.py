@@ -46,6 +46,7 @@ from keras import layers, ops
 from course_utils.analysis import MapSet, numbered
 from course_utils.models.blocks import MLP, DotProductAttention, LayerScale, StochasticDepth
 from course_utils.models.common import (
+    ImageModel,
     analysis,
     find_layer,
     find_layers,
@@ -463,7 +464,7 @@ def build_model(
     pooled, _ = pooling(patches)
     pooled = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="head_norm")(pooled)
     logits = layers.Dense(num_classes, name="logits")(pooled)
-    return keras.Model(inputs, logits, name=name)
+    return ImageModel(inputs, logits, name=name)
 
 
 PATCHCONVNET_S60 = dict(

@@ -38,7 +38,7 @@ from keras import layers, ops
 
 from course_utils.analysis import MapSet, numbered
 from course_utils.models.blocks import MLP, DotProductAttention, PatchEmbedding, PositionEmbedding
-from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
+from course_utils.models.common import ImageModel, analysis, find_layer, image_input, predict_outputs, with_outputs
 from course_utils.models.vit import build_vit_like, check_vit_arguments
 from course_utils.profiles import Profile
 from course_utils.validation import (
@@ -541,7 +541,7 @@ def build_model(
     x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(slow_stream)
     x = layers.GlobalAveragePooling1D(name="mean_over_latents")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name=name)
+    return ImageModel(inputs, logits, name=name)
 
 
 def build_baseline(**model_args):

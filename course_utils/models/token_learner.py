@@ -26,7 +26,7 @@ from keras import layers, ops
 
 from course_utils.analysis import MapSet, numbered
 from course_utils.models.blocks import MLP
-from course_utils.models.common import analysis, find_layer, image_input, predict_outputs, with_outputs
+from course_utils.models.common import ImageModel, analysis, find_layer, image_input, predict_outputs, with_outputs
 from course_utils.models.vit import (
     LAYER_NORM_EPSILON,
     build_vit_like,
@@ -263,7 +263,7 @@ def build_model(
     grid = layers.Reshape((side, side, embed_dim), name="tokens_to_grid")(tokens)
     tokens, _ = learner(grid)
     tokens = transformer_blocks(tokens, range(token_learner_after, depth), **blocks)
-    return keras.Model(inputs, classifier_head(tokens, num_classes), name=name)
+    return ImageModel(inputs, classifier_head(tokens, num_classes), name=name)
 
 
 def build_baseline(**model_args):

@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from course_utils.models.blocks import PatchEmbedding, PositionEmbedding, TransformerBlock
-from course_utils.models.common import image_input
+from course_utils.models.common import ImageModel, image_input
 from course_utils.validation import require_divisible, require_heads_divide, require_positive_int
 
 LAYER_NORM_EPSILON = 1e-6
@@ -103,7 +103,7 @@ def build_vit(
     inputs, images = image_input(image_size, input_size, resize_to, include_preprocessing)
     tokens = patch_tokens(images, patch_size, embed_dim, dropout_rate)
     tokens = transformer_blocks(tokens, range(depth), num_heads, mlp_ratio, dropout_rate, attention_dropout)
-    return keras.Model(inputs, classifier_head(tokens, num_classes), name=name)
+    return ImageModel(inputs, classifier_head(tokens, num_classes), name=name)
 
 
 def builder_arguments(builder, model_args):

@@ -1,7 +1,8 @@
 """Re-run the layer and model tests on the two Keras backends this process is not using.
 
 Keras fixes its backend when it is first imported, so each other backend gets a pytest subprocess with
-``KERAS_BACKEND`` set. The subprocess's own summary is shown when it fails.
+``KERAS_BACKEND`` set. The subprocess's own summary is shown when it fails. Tests marked
+``main_backend_only`` (the ``full`` profiles' one training step) are left out there.
 """
 
 import os
@@ -52,7 +53,8 @@ def test_the_parts_cover_every_unit_test_file_once():
 def test_layer_and_model_tests_pass_on(backend, part):
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *PARTS[part]],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not main_backend_only",
+         *PARTS[part]],
         cwd=TESTS,
         env=env,
         capture_output=True,

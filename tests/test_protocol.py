@@ -3,7 +3,9 @@
 Each module has PROFILES, a keyword-only ``build_model`` with the shared argument names, a
 ``visualization_model`` on the same weights and an ``analyze`` that returns an ``Analysis`` of MapSets.
 Every profile's model, ``full`` included, is built and trained for one step on a tiny batch, so the GPU
-configuration cannot rot unseen.
+configuration cannot rot unseen. The ``full`` models (the largest, the slowest to compile) are marked
+``main_backend_only``: tests/test_backends.py leaves them out of its JAX and PyTorch runs, where the smoke and
+workshop models of the same builders take their step.
 """
 
 import importlib
@@ -34,7 +36,10 @@ def test_builder_is_keyword_only_and_takes_the_shared_arguments(module_name):
     assert {"epsilon", "dimensions", "num_layers", "layerscale_value"}.isdisjoint(parameters), "one name per hyperparameter"
 
 
-@pytest.mark.parametrize("profile_name", PROFILE_NAMES)
+@pytest.mark.parametrize(
+    "profile_name",
+    [pytest.param(name, marks=pytest.mark.main_backend_only) if name == "full" else name for name in PROFILE_NAMES],
+)
 @pytest.mark.parametrize("module_name", MODEL_MODULES)
 def test_every_profile_builds_a_logits_model_that_trains_one_step(module_name, profile_name):
     module = MODULES[module_name]

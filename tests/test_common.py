@@ -76,6 +76,24 @@ def test_predict_outputs_gives_the_same_numbers_by_direct_call_and_by_batches():
     np.testing.assert_allclose(direct["logits"], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_predict_outputs_sends_predict_full_batches_only_and_drops_the_padding(monkeypatch):
+    viz_model = visualization(tiny_classifier())
+    seen = []
+    original_predict = viz_model.predict
+
+    def recording_predict(images, *args, **kwargs):
+        seen.append(len(images))
+        return original_predict(images, *args, **kwargs)
+
+    monkeypatch.setattr(viz_model, "predict", recording_predict)
+    images = uint8_images(7)
+    outputs = common.predict_outputs(viz_model, visualization, images, batch_size=3)  # 3 + 3 + 1 images
+    assert seen == [9], "predict must see whole batches, or TensorFlow traces it again for the last one"
+    assert all(len(value) == 7 for value in outputs.values())
+    np.testing.assert_allclose(outputs["logits"], keras.ops.convert_to_numpy(viz_model(images)["logits"]),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_analysis_is_the_softmax_of_the_logits_with_the_maps():
     logits = np.array([[0.0, np.log(3.0)], [5.0, 5.0]], dtype="float32")
     maps = {"map": MapSet(np.zeros((2, 1, 2, 2)), ("all",))}

@@ -149,17 +149,24 @@ def predict_outputs(model, make_visualization_model, images, batch_size=128):
     ``model`` is either a visualization model or the classifier itself, which ``make_visualization_model``
     then turns into one (cheap, but pass the visualization model when calling many times). Up to
     ``batch_size`` images (the explorer sends one at a time) go through one direct call of the model;
-    more go through ``predict`` in batches. A direct call compiles nothing, so an explorer that sends
-    a different number of images each time never makes TensorFlow retrace a prediction function.
+    more go through ``predict`` in batches of exactly ``batch_size`` (the last one padded with copies of
+    the last image, whose outputs are dropped). A direct call compiles nothing, and ``predict`` always sees
+    one batch shape, so neither an explorer that sends a different number of images each time nor a
+    notebook that analyzes several models makes TensorFlow retrace a prediction function (which it reports
+    with a warning in the learner's notebook).
     """
     require_positive_int("batch_size", batch_size)
     viz_model = model if is_visualization_model(model) else make_visualization_model(model)
     images = np.asarray(images)
-    if len(images) <= batch_size:
+    count = len(images)
+    if count <= batch_size:
         outputs = viz_model(images, training=False)
         return {name: keras.ops.convert_to_numpy(value) for name, value in outputs.items()}
+    padding = -count % batch_size
+    if padding:
+        images = np.concatenate([images, np.repeat(images[-1:], padding, axis=0)])
     outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
-    return {name: np.asarray(value) for name, value in outputs.items()}
+    return {name: np.asarray(value)[:count] for name, value in outputs.items()}
 
 
 def analysis(outputs, maps):

@@ -1,5 +1,6 @@
 """The pieces every model module shares: input stem, layer finder, visualization model, predictions."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -92,6 +93,14 @@ def test_predict_outputs_sends_predict_full_batches_only_and_drops_the_padding(m
     assert all(len(value) == 7 for value in outputs.values())
     np.testing.assert_allclose(outputs["logits"], keras.ops.convert_to_numpy(viz_model(images)["logits"]),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_analyzing_several_fresh_models_logs_no_retracing_notice(caplog):
+    images = uint8_images(40)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(7):  # like a notebook going through a checkpoint's snapshots
+            common.predict_outputs(tiny_classifier(), visualization, images, batch_size=16)
+    assert not [record for record in caplog.records if "retracing" in record.getMessage()], caplog.text
 
 
 def test_analysis_is_the_softmax_of_the_logits_with_the_maps():

@@ -5,6 +5,9 @@ The five model modules follow one protocol (see CONTRIBUTING.md): ``PROFILES``, 
 write again live here.
 """
 
+import contextlib
+import logging
+
 import keras
 import numpy as np
 
@@ -165,8 +168,32 @@ def predict_outputs(model, make_visualization_model, images, batch_size=128):
     padding = -count % batch_size
     if padding:
         images = np.concatenate([images, np.repeat(images[-1:], padding, axis=0)])
-    outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
+    with _first_trace_of_a_new_model_is_not_a_retrace():
+        outputs = viz_model.predict(images, batch_size=batch_size, verbose=0)
     return {name: np.asarray(value)[:count] for name, value in outputs.items()}
+
+
+class _DropRetracingNotice(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _first_trace_of_a_new_model_is_not_a_retrace():
+    """Hide TensorFlow's retracing notice while ``predict`` runs, and nothing else.
+
+    Every Keras model's prediction function is one Python function, and TensorFlow counts the traces of
+    all of them together; with whole batches each model traces once, but a notebook that analyzes five
+    snapshots in a row still gets "5 out of the last N calls triggered tf.function retracing", a false
+    alarm about its own code. (TensorFlow logs through Python's "tensorflow" logger; other backends
+    print no such notice.)
+    """
+    logger, notice = logging.getLogger("tensorflow"), _DropRetracingNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def analysis(outputs, maps):
